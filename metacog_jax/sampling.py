@@ -1,0 +1,238 @@
+"""Batched autoregressive sampling with a KV cache, compiled end to end.
+
+One jitted function per (batch rows, prompt-length bucket, samples per prompt, max new tokens, filter
+flags) runs the prefill once, repeats the cache for the K samples of each prompt, and decodes in a
+`lax.while_loop` that stops early when every row has finished: no Python dispatch per token, no host
+sync until the end. Prompts are left-padded to a length bucket and the batch padded to a fixed number
+of rows, so a run compiles a handful of times, not once per batch.
+
+Randomness is per prompt: each prompt has an integer seed (default: its index in the call), and the
+key of sample k at step t is fold_in(fold_in(fold_in(key, seed), k), t). A prompt's samples therefore do
+not depend on which other prompts share its batch, and a resumed run that passes the same seeds
+(e.g. derived from question ids) draws the same samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from metacog_jax.models.decoder import Decoder, KVCache
+from metacog_jax.models.tokenizer import stop_token_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy. top_k 0 and top_p 1 disable those filters. Stop strings are matched on
+    the decoded text (the text is cut before the first match); EOS / end-of-turn tokens always stop."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_samples: int = 1
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.num_samples < 1:
+            raise ValueError(f"top_k must be >= 0 and num_samples >= 1, got {self.top_k}, {self.num_samples}")
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log p(token) under the model's untempered distribution
+    finish_reason: str  # "stop" (EOS/end of turn), "stop_string" or "length"
+
+
+@dataclasses.dataclass
+class Generation:
+    """completions[i][k] is sample k of prompt i."""
+
+    completions: list[list[Completion]]
+
+    @property
+    def texts(self) -> list[list[str]]:
+        return [[c.text for c in row] for row in self.completions]
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Mask logits [R, V] outside the top-k set and outside the smallest nucleus of mass >= top_p."""
+    neg = jnp.finfo(logits.dtype).min
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_before < top_p  # always keeps the most likely token
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, neg, logits)
+    return logits
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int):
+    """tokens, segment ids (1 real, 0 pad), positions: int32 [rows, length]; prompts right-aligned."""
+    tokens = np.full((rows, length), pad_id, np.int32)
+    segments = np.zeros((rows, length), np.int32)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        tokens[i, length - len(p):] = p
+        segments[i, length - len(p):] = 1
+    segments[len(prompts):, -1] = 1  # filler rows hold one pad token so nothing is fully masked
+    positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
+    return tokens, segments, positions
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "params", "stop_ids"))
+def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, params: SamplingParams,
+              stop_ids: tuple[int, ...]):
+    """Prefill + decode. tokens/segments/positions [B, P]; seeds [B]. Returns token ids [B*K, N],
+    log-probs [B*K, N] and the number of tokens generated per row [B*K] (up to and incl. a stop token)."""
+    model = nnx.merge(graphdef, state)
+    b, p = tokens.shape
+    k, n = params.num_samples, params.max_new_tokens
+    cache = KVCache.init(model.config, b, p + n, model.dtype)
+    hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
+    logits = model.logits(hidden[:, -1])
+    cache = cache.repeat(k)
+    logits = jnp.repeat(logits, k, axis=0)
+    next_pos = jnp.repeat(positions[:, -1] + 1, k)
+    row_keys = jax.vmap(jax.random.fold_in)(
+        jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.repeat(seeds, k)), jnp.tile(jnp.arange(k), b))
+    stop = jnp.asarray(stop_ids, jnp.int32)
+
+    def choose(logits, step):
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        if params.temperature == 0.0:
+            tok = jnp.argmax(logits, axis=-1)
+        else:
+            filtered = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+            tok = jax.vmap(jax.random.categorical)(keys, filtered)
+        return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+    def cond(carry):
+        step, _, _, _, _, _, done, _ = carry
+        return (step < n) & ~jnp.all(done)
+
+    def body(carry):
+        step, cache, logits, out_tok, out_lp, lengths, done, pos = carry
+        tok, lp = choose(logits, step)
+        tok = jnp.where(done, stop[0], tok)
+        out_tok = out_tok.at[:, step].set(tok)
+        out_lp = out_lp.at[:, step].set(jnp.where(done, 0.0, lp))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(tok, stop)
+        hidden, cache = model(tok[:, None], pos[:, None], cache=cache, return_hidden=True)
+        return step + 1, cache, model.logits(hidden[:, -1]), out_tok, out_lp, lengths, done, pos + 1
+
+    rows = b * k
+    carry = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((rows, n), stop[0], jnp.int32),
+             jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool), next_pos)
+    _, _, _, out_tok, out_lp, lengths, _, _ = jax.lax.while_loop(cond, body, carry)
+    return out_tok, out_lp, lengths
+
+
+def length_bucket(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    b = minimum
+    while b < n:
+        b *= 2
+    return b
+
+
+class Sampler:
+    """Generate from a Decoder. `batch_size` is the number of prompts per compiled call (rows = batch_size
+    x num_samples); prompts are sorted by length so each call pads little."""
+
+    def __init__(self, model: Decoder, tokenizer, *, batch_size: int = 16, min_bucket: int = 16):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.min_bucket = batch_size, min_bucket
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0])
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, key: jax.Array,
+                 seeds: Sequence[int] | None = None, progress: bool = False) -> Generation:
+        """Sample `params.num_samples` completions for each prompt (token id lists)."""
+        if seeds is None:
+            seeds = list(range(len(prompts)))
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        stop_ids = tuple(self.stop_ids) + tuple(self._single_token_stops(params.stop_strings))
+        graphdef, state = nnx.split(self.model)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: dict[int, list[Completion]] = {}
+        t0, done_tokens = time.perf_counter(), 0
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            chunk = [list(prompts[i]) for i in idx]
+            p = length_bucket(max(map(len, chunk)), self.min_bucket)
+            tokens, segments, positions = left_pad(chunk, p, self.batch_size, self.pad_id)
+            chunk_seeds = np.zeros((self.batch_size,), np.uint32)
+            chunk_seeds[:len(idx)] = np.asarray([seeds[i] for i in idx], np.int64) % (2 ** 32)
+            out_tok, out_lp, lengths = jax.device_get(_generate(
+                graphdef, state, tokens, segments, positions, chunk_seeds, key,
+                params=params, stop_ids=stop_ids))
+            k = params.num_samples
+            for j, i in enumerate(idx):
+                results[i] = [self._completion(out_tok[j * k + s], out_lp[j * k + s], int(lengths[j * k + s]),
+                                               params) for s in range(k)]
+                done_tokens += int(lengths[j * k:(j + 1) * k].sum())
+            if progress:
+                rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
+                log.info("generated %d/%d prompts, %.1f tokens/s", len(results), len(prompts), rate)
+        return Generation([results[i] for i in range(len(prompts))])
+
+    def _single_token_stops(self, stop_strings):
+        vocab = self.tokenizer.get_vocab()
+        return [vocab[s] for s in stop_strings if s in vocab]
+
+    def _completion(self, tok, lp, length, params) -> Completion:
+        ids, lps = [int(t) for t in tok[:length]], [float(x) for x in lp[:length]]
+        reason = "length"
+        if ids and ids[-1] in self.stop_ids:
+            ids, lps, reason = ids[:-1], lps[:-1], "stop"
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        cut = _first_stop(text, params.stop_strings)
+        if cut is not None:
+            # Keep the shortest token prefix whose text reaches the stop string.
+            lo, hi = 1, len(ids)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _first_stop(self.tokenizer.decode(ids[:mid], skip_special_tokens=False),
+                               params.stop_strings) is not None:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            ids, lps, text, reason = ids[:lo], lps[:lo], text[:cut], "stop_string"
+        return Completion(text, ids, lps, reason)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
