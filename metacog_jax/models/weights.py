@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -87,11 +86,13 @@ def _fill_state(model: nnx.Module, fetch: Callable[[Path_, str, str, str], np.nd
     for path, hf, gg, tr in table:
         var = flat[path]
         target = var.get_value()
-        arr = _transform(fetch(path, hf, gg, tr), tr)
+        raw = fetch(path, hf, gg, tr)
+        arr = _transform(raw, tr)
         if tuple(arr.shape) != tuple(target.shape):
+            want = tuple(reversed(target.shape)) if tr == "T" else tuple(target.shape)
             raise WeightLoadError(
-                f"{source}: tensor {hf!r} has shape {tuple(arr.shape)} after transform '{tr}', but the model "
-                f"config expects {tuple(target.shape)} for {'.'.join(map(str, path))}")
+                f"{source}: tensor {hf!r} has shape {tuple(raw.shape)} in the checkpoint, but the model config "
+                f"expects {want} (check config.json against the weights)")
         arr = np.asarray(arr, dtype=target.dtype)
         sharding = shardings.get(path) if shardings else None
         var.set_value(jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr))

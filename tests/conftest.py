@@ -1,0 +1,55 @@
+"""Shared fixtures: paths, the SmolLM2 tokenizer, and tiny random models for CPU tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark files not found at {SHARED_DATA} (CI keeps ../shared beside the clone)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smol_gguf_path() -> Path:
+    from metacog_jax.models.loading import embedded_model_path
+
+    return embedded_model_path("smollm2-135m-instruct-gguf")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_gguf_path):
+    """The real SmolLM2 tokenizer (49152 ids, ChatML template), built from the GGUF metadata."""
+    import gguf
+
+    from metacog_jax.models.tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(gguf.GGUFReader(str(smol_gguf_path)), str(smol_gguf_path))
+
+
+def tiny_config(model_type: str = "llama", **overrides):
+    """A 2-layer, d=64 config with SmolLM2's vocabulary so the real tokenizer fits."""
+    from metacog_jax.models.config import ModelConfig
+
+    base = dict(model_type=model_type, vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
+                num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0,
+                tie_word_embeddings=True, qkv_bias=model_type == "qwen2", max_position_embeddings=2048,
+                bos_token_id=1, eos_token_ids=(2,), pad_token_id=2)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_model():
+    """A tiny random llama-type Decoder (float32)."""
+    from metacog_jax.models.decoder import create_model
+
+    return create_model(tiny_config(), seed=0)

@@ -1,0 +1,188 @@
+"""Parity of our NNX decoder with transformers (PyTorch) on tiny random checkpoints, offline.
+
+Tolerance: max |logit diff| <= 1e-4 in float32 on a left-padded batch (only real positions compared).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity tests need the test extra (torch CPU)")
+transformers = pytest.importorskip("transformers")
+
+from metacog_jax.models import config as config_lib
+from metacog_jax.models.loading import load_model
+from metacog_jax.models.weights import WeightLoadError, export_safetensors
+from metacog_jax.sampling import Sampler, SamplingParams
+
+VOCAB = 49152  # SmolLM2's, so the real tokenizer can drive generation
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=512,
+              bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+VARIANTS = {
+    "llama_untied": ("llama", dict(tie_word_embeddings=False)),
+    "llama_tied_llama3_rope": ("llama", dict(tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
+    "qwen2_tied": ("qwen2", dict(tie_word_embeddings=True, rope_parameters={"rope_type": "default",
+                                                                             "rope_theta": 1000000.0})),
+    "mistral_no_window": ("mistral", dict(tie_word_embeddings=False, sliding_window=None, head_dim=16)),
+}
+
+
+def make_hf_model(kind: str, extra: dict, path):
+    cls_cfg = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+               "mistral": transformers.MistralConfig}[kind]
+    cfg = cls_cfg(**COMMON, **extra)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    # Random biases too: a zero-initialised bias would hide a missing or transposed bias.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path)
+    return model
+
+
+def padded_batch():
+    rng = np.random.default_rng(0)
+    lengths = [11, 7, 3]
+    t = max(lengths)
+    ids = np.full((3, t), 2, np.int64)
+    mask = np.zeros((3, t), np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, t - n:] = rng.integers(3, VOCAB, n)
+        mask[i, t - n:] = 1
+    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    return ids, mask, pos
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def pair(request, tmp_path_factory):
+    kind, extra = VARIANTS[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    hf = make_hf_model(kind, extra, path)
+    ours = load_model(str(path), with_tokenizer=False)
+    return request.param, hf, ours, path
+
+
+def hf_logits(hf, ids, mask, pos):
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos))
+    return out.logits.numpy()
+
+
+def our_logits(ours, ids, mask, pos):
+    logits, _ = ours.model(jnp.asarray(ids, jnp.int32), jnp.asarray(pos, jnp.int32),
+                           segment_ids=jnp.asarray(mask, jnp.int32))
+    return np.asarray(logits)
+
+
+def test_logits_match_transformers_on_padded_batch(pair):
+    name, hf, ours, _ = pair
+    ids, mask, pos = padded_batch()
+    diff = np.abs(hf_logits(hf, ids, mask, pos) - our_logits(ours, ids, mask, pos))[mask.astype(bool)]
+    assert diff.max() <= 1e-4, f"{name}: max |diff| {diff.max():.2e}"
+
+
+def test_config_read_from_config_json(pair):
+    name, hf, ours, path = pair
+    cfg = ours.config
+    assert cfg.num_layers == 2 and cfg.num_kv_heads == 2 and cfg.head_dim == 16
+    assert cfg.tie_word_embeddings == hf.config.tie_word_embeddings
+    assert cfg.qkv_bias == (name.startswith("qwen2"))
+    if "llama3" in name:
+        assert cfg.rope_scaling.rope_type == "llama3" and cfg.rope_theta == 500000.0
+
+
+def test_greedy_generation_matches_transformers(pair, smol_tokenizer):
+    name, hf, ours, _ = pair
+    sampler = Sampler(ours.model, smol_tokenizer, batch_size=4)
+    prompts = [[5, 17, 300, 4000, 25], [9, 8, 7, 6, 5, 4, 3, 1000, 20000, 33]]
+    gen = sampler.generate(prompts, SamplingParams(max_new_tokens=20, temperature=0.0), jax.random.key(0))
+    for prompt, row in zip(prompts, gen.completions):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              max_new_tokens=20, do_sample=False, eos_token_id=list(sampler.stop_ids),
+                              pad_token_id=2)[0, len(prompt):].tolist()
+        ref = [t for t in ref if t not in sampler.stop_ids]
+        assert row[0].token_ids == ref[:len(row[0].token_ids)] and len(row[0].token_ids) == len(ref), name
+
+
+def test_round_trip_export_loads_in_transformers(pair, tmp_path):
+    name, hf, ours, _ = pair
+    out = export_safetensors(ours.model, tmp_path / "export", ours.config)
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    ids, mask, pos = padded_batch()
+    diff = np.abs(hf_logits(again, ids, mask, pos) - our_logits(ours, ids, mask, pos))[mask.astype(bool)]
+    assert diff.max() <= 1e-4, f"{name}: round trip max |diff| {diff.max():.2e}"
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+    hf = make_hf_model("llama", dict(tie_word_embeddings=False), tmp_path / "src")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    ours = load_model(str(tmp_path / "sharded"), with_tokenizer=False)
+    ids, mask, pos = padded_batch()
+    diff = np.abs(hf_logits(hf, ids, mask, pos) - our_logits(ours, ids, mask, pos))[mask.astype(bool)]
+    assert diff.max() <= 1e-4
+
+
+def test_bfloat16_compute_is_close_to_float32(tmp_path):
+    make_hf_model("llama", dict(tie_word_embeddings=False), tmp_path)
+    f32 = load_model(str(tmp_path), with_tokenizer=False)
+    bf16 = load_model(str(tmp_path), dtype="bfloat16", param_dtype="bfloat16", with_tokenizer=False)
+    ids, mask, pos = padded_batch()
+    a, b = our_logits(f32, ids, mask, pos), our_logits(bf16, ids, mask, pos)
+    assert b.dtype == np.float32  # logits are always returned in float32
+    assert np.abs(a - b)[mask.astype(bool)].max() < 0.05
+    leaf = bf16.model.layers[0].self_attn.q_proj.kernel[...]
+    assert leaf.dtype == jnp.bfloat16
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        load_model(str(tmp_path / "nope.gguf"))
+    with pytest.raises(FileNotFoundError, match="unknown model"):
+        load_model("not-a-model-name")
+
+
+def test_corrupt_safetensors_names_the_file(tmp_path):
+    make_hf_model("llama", dict(tie_word_embeddings=False), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(WeightLoadError, match="model.safetensors"):
+        load_model(str(tmp_path), with_tokenizer=False)
+
+
+def test_unknown_architecture_lists_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
+    with pytest.raises(config_lib.UnsupportedModelError, match="llama, mistral, qwen2"):
+        load_model(str(tmp_path), with_tokenizer=False)
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window"),
+    ({"model_type": "llama", "num_local_experts": 8}, "mixture-of-experts"),
+    ({"model_type": "llama", "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+])
+def test_unsupported_features_fail_clearly(patch, message):
+    cfg = dict(COMMON, **patch)
+    with pytest.raises(config_lib.UnsupportedModelError, match=message):
+        config_lib.from_hf_config(cfg)
+
+
+def test_config_weights_shape_mismatch_names_tensor(tmp_path):
+    make_hf_model("llama", dict(tie_word_embeddings=False), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightLoadError, match=r"mlp\.gate_proj\.weight.*\(128, 64\).*\(96, 64\)"):
+        load_model(str(tmp_path), with_tokenizer=False)

@@ -1,0 +1,116 @@
+"""Batched KV-cache sampling on a tiny random model with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metacog_jax import sampling
+from metacog_jax.sampling import Sampler, SamplingParams, filter_logits
+
+PROMPTS = [[5, 17, 300, 4000, 25], [9, 8, 7, 6, 5, 4, 3, 1000, 20000, 33, 44, 55, 66, 77, 88, 99, 111, 222], [42]]
+
+
+@pytest.fixture
+def sampler(tiny_model, smol_tokenizer):
+    return Sampler(tiny_model, smol_tokenizer, batch_size=4)
+
+
+def slow_greedy(model, prompt, n, stop_ids):
+    """Reference: full forward over the growing sequence, no cache."""
+    out = list(prompt)
+    for _ in range(n):
+        logits, _ = model(jnp.asarray([out]), jnp.arange(len(out))[None])
+        tok = int(jnp.argmax(logits[0, -1]))
+        if tok in stop_ids:
+            break
+        out.append(tok)
+    return out[len(prompt):]
+
+
+def test_temperature_zero_equals_uncached_greedy(sampler, tiny_model):
+    gen = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=12, temperature=0.0), jax.random.key(0))
+    for p, row in zip(PROMPTS, gen.completions):
+        assert row[0].token_ids == slow_greedy(tiny_model, p, 12, sampler.stop_ids)
+
+
+def test_same_key_same_samples_and_other_key_differs(sampler):
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, num_samples=3)
+    a = sampler.generate(PROMPTS, params, jax.random.key(1))
+    b = sampler.generate(PROMPTS, params, jax.random.key(1))
+    c = sampler.generate(PROMPTS, params, jax.random.key(2))
+    ids = lambda g: [[s.token_ids for s in row] for row in g.completions]
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    # K samples of one prompt differ from each other (they share a prefill, not randomness).
+    assert len({tuple(t) for t in ids(a)[0]}) > 1
+
+
+def test_mixed_length_batch_equals_each_prompt_alone(sampler):
+    params = SamplingParams(max_new_tokens=8, temperature=0.8, num_samples=2)
+    key = jax.random.key(3)
+    batch = sampler.generate(PROMPTS, params, key, seeds=[11, 12, 13])
+    for p, seed, row in zip(PROMPTS, [11, 12, 13], batch.completions):
+        alone = sampler.generate([p], params, key, seeds=[seed]).completions[0]
+        assert [s.token_ids for s in alone] == [s.token_ids for s in row]
+        np.testing.assert_allclose([s.logprobs for s in alone], [s.logprobs for s in row], atol=1e-4)
+
+
+def test_logprobs_are_model_logprobs(sampler, tiny_model):
+    gen = sampler.generate(PROMPTS[:1], SamplingParams(max_new_tokens=5, temperature=0.0), jax.random.key(0))
+    c = gen.completions[0][0]
+    seq = PROMPTS[0] + c.token_ids
+    logits, _ = tiny_model(jnp.asarray([seq]), jnp.arange(len(seq))[None])
+    logp = jax.nn.log_softmax(logits[0], axis=-1)
+    expected = [float(logp[len(PROMPTS[0]) - 1 + i, t]) for i, t in enumerate(c.token_ids)]
+    np.testing.assert_allclose(c.logprobs, expected, atol=1e-4)
+
+
+def test_stop_strings_cut_text_and_tokens(sampler):
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    full = sampler.generate(PROMPTS[:1], greedy, jax.random.key(0)).completions[0][0]
+    assert len(full.text) > 6
+    stop = full.text[4:7]
+    cut = sampler.generate(PROMPTS[:1], SamplingParams(max_new_tokens=16, temperature=0.0, stop_strings=(stop,)),
+                           jax.random.key(0)).completions[0][0]
+    assert cut.finish_reason == "stop_string"
+    assert cut.text == full.text[:full.text.find(stop)]
+    assert stop not in cut.text
+    assert full.token_ids[:len(cut.token_ids)] == cut.token_ids
+    # the kept tokens are the shortest prefix that reaches the stop string
+    dec = sampler.tokenizer.decode
+    assert stop in dec(cut.token_ids) and stop not in dec(cut.token_ids[:-1])
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(sampler):
+    greedy = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=6, temperature=0.0), jax.random.key(0))
+    for params in (SamplingParams(max_new_tokens=6, temperature=1.0, top_k=1),
+                   SamplingParams(max_new_tokens=6, temperature=1.0, top_p=1e-6)):
+        got = sampler.generate(PROMPTS, params, jax.random.key(5))
+        assert got.texts == greedy.texts
+
+
+def test_filter_logits():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    neg = jnp.finfo(jnp.float32).min
+    k2 = filter_logits(logits, top_k=2, top_p=1.0)
+    assert bool(jnp.all(k2[0, 2:] == neg)) and bool(jnp.all(k2[0, :2] > neg))
+    p = filter_logits(logits, top_k=0, top_p=0.7)  # 0.5 < 0.7 so the 0.3 token is needed too
+    assert bool(jnp.all(p[0, :2] > neg)) and bool(jnp.all(p[0, 2:] == neg))
+
+
+def test_batches_in_one_bucket_compile_once(sampler):
+    sampling._generate.clear_cache()
+    params = SamplingParams(max_new_tokens=4, temperature=0.0)
+    for n in (1, 2, 3, 4, 7):  # 7 prompts = two calls of 4 rows
+        sampler.generate([[1, 2, 3]] * n, params, jax.random.key(0))
+    assert sampling._generate._cache_size() == 1
+
+
+def test_bad_params_fail_clearly():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
