@@ -1,0 +1,751 @@
+"""The human rating study of paper 2: a small Flask app where participants read a question, the
+model's answer and an explanation, and say how likely they think the answer is correct.
+
+Flow: `load_items` reads and validates the items file (JSONL, one item per line); `create_app`
+builds the web app over an SQLite database; participants sign in with a code, are assigned to the
+condition with the fewest participants, rate their items one at a time in a fixed per-participant
+order with attention checks mixed in, and every accepted rating is stored at once. `export_csv`
+writes all accepted ratings as one CSV for the calibration-gap analysis.
+
+Scale: participants enter a percentage (0 to 100) in a number field; the database and the export
+hold it as a probability in [0, 1] (rating = percent / 100).
+
+Conditions: "selected" shows each item's `selected_style` explanation (the one whose expressed
+certainty matches the model's confidence); any other condition is a fixed style name ("default",
+"sure_short", ...) shown for every item.
+
+Concurrency: one sqlite3 connection per request, WAL journal, and every write in a
+`BEGIN IMMEDIATE` transaction, so condition assignment stays balanced and a participant's current
+item is read and answered atomically; UNIQUE(participant_id, item_id) is the last line of defence
+against duplicates. The Flask development server (`serve`) is fine for a study run on localhost; a
+real deployment would put the same WSGI app behind a production server such as waitress.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import secrets
+import sqlite3
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import flask
+
+CERTAINTY_LEVELS = ("not_sure", "somewhat_sure", "sure")
+LENGTHS = ("long", "short", "uncertainty_only")
+# "default" plus the 3 x 3 modified styles of paper 2.
+STYLE_NAMES = ("default",) + tuple(f"{c}_{n}" for c in CERTAINTY_LEVELS for n in LENGTHS)
+SELECTED_CONDITION = "selected"
+ATTENTION_STYLE = "attention_check"
+# Item ids with this prefix are reserved for the attention checks the app inserts.
+ATTENTION_ID_PREFIX = "__attention_"
+# Percent values an attention check may ask for; away from 0/50/100 so that a careless default
+# answer does not pass by chance.
+ATTENTION_TARGETS_PERCENT = (15, 25, 35, 45, 65, 75, 85)
+# A check passes when the entered percent is within this many points of the requested one.
+ATTENTION_TOLERANCE_PERCENT = 0.5
+EXPORT_COLUMNS = (
+    "participant_id",
+    "condition",
+    "item_id",
+    "style",
+    "rating",
+    "own_answer",
+    "is_attention_check",
+    "attention_passed",
+    "created_at",
+)
+MAX_OWN_ANSWER_CHARS = 200
+MAX_OPTIONS = 26
+_CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SQLITE_TIMEOUT_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyItem:
+    """One item to rate.
+
+    `options` is empty for open-ended questions; for multiple choice it is shown lettered A, B, ...
+    `model_confidence` is the model's internal P(correct) in [0, 1]. `explanations` maps a style
+    name (see STYLE_NAMES) to its text; `selected_style` is the style matched to the model's
+    confidence. `line` is the 1-based line of the items file the item came from (0 for the
+    attention checks the app makes), kept so later errors can point at the file.
+    """
+
+    item_id: str
+    question: str
+    options: tuple[str, ...]
+    model_answer: str
+    correct: bool
+    model_confidence: float
+    explanations: dict[str, str]
+    selected_style: str
+    line: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        """The item as the JSON object it was read from (without `line`)."""
+        return {
+            "item_id": self.item_id,
+            "question": self.question,
+            "options": list(self.options),
+            "model_answer": self.model_answer,
+            "correct": self.correct,
+            "model_confidence": self.model_confidence,
+            "explanations": dict(self.explanations),
+            "selected_style": self.selected_style,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSlot:
+    """One position in a participant's sequence: a real item, or an attention check.
+
+    `attention_target` is the probability in [0, 1] the check asks the participant to enter, or
+    None for a real item.
+    """
+
+    item_id: str
+    attention_target: float | None = None
+
+    @property
+    def is_attention_check(self) -> bool:
+        return self.attention_target is not None
+
+
+class ItemsFileError(ValueError):
+    """The items file is malformed; the message names file, line and field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Items
+
+
+def _check_item(record: Any, where: str) -> StudyItem:
+    """Validates one parsed JSON line; `where` is "file:line" for error messages."""
+    if not isinstance(record, dict):
+        raise ItemsFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+
+    def field(name: str) -> Any:
+        if name not in record:
+            raise ItemsFileError(f"{where}: field '{name}' is missing")
+        return record[name]
+
+    def text(name: str, allow_empty: bool = False) -> str:
+        value = field(name)
+        if not isinstance(value, str):
+            raise ItemsFileError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+        if not allow_empty and not value.strip():
+            raise ItemsFileError(f"{where}: field '{name}' is empty")
+        return value
+
+    item_id = text("item_id")
+    if item_id.startswith(ATTENTION_ID_PREFIX):
+        raise ItemsFileError(
+            f"{where}: field 'item_id' {item_id!r} starts with the reserved prefix {ATTENTION_ID_PREFIX!r}"
+        )
+    question = text("question")
+    options = field("options")
+    if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
+        raise ItemsFileError(f"{where}: field 'options' must be a list of non-empty strings")
+    if len(options) > MAX_OPTIONS:
+        raise ItemsFileError(f"{where}: field 'options' has {len(options)} entries, at most {MAX_OPTIONS} allowed")
+    model_answer = text("model_answer")
+    correct = field("correct")
+    if not isinstance(correct, bool):
+        raise ItemsFileError(f"{where}: field 'correct' must be true or false, got {correct!r}")
+    confidence = field("model_confidence")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+        raise ItemsFileError(f"{where}: field 'model_confidence' must be a number, got {confidence!r}")
+    if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        raise ItemsFileError(f"{where}: field 'model_confidence' must be in [0, 1], got {confidence!r}")
+    explanations = field("explanations")
+    if not isinstance(explanations, dict) or not explanations:
+        raise ItemsFileError(f"{where}: field 'explanations' must be a non-empty object style -> text")
+    for style, explanation in explanations.items():
+        if style not in STYLE_NAMES:
+            raise ItemsFileError(
+                f"{where}: field 'explanations' has unknown style {style!r}; known: {', '.join(STYLE_NAMES)}"
+            )
+        if not isinstance(explanation, str) or not explanation.strip():
+            raise ItemsFileError(f"{where}: field 'explanations.{style}' must be a non-empty string")
+    selected_style = text("selected_style")
+    if selected_style not in explanations:
+        raise ItemsFileError(
+            f"{where}: field 'selected_style' is {selected_style!r}, which is not among its explanations "
+            f"({', '.join(explanations)})"
+        )
+    return StudyItem(
+        item_id=item_id,
+        question=question,
+        options=tuple(options),
+        model_answer=model_answer,
+        correct=correct,
+        model_confidence=float(confidence),
+        explanations=dict(explanations),
+        selected_style=selected_style,
+    )
+
+
+def load_items(path: str | os.PathLike[str]) -> list[StudyItem]:
+    """Reads and validates a JSONL items file (blank lines skipped).
+
+    Returns the items in file order. Raises FileNotFoundError if the file is absent and
+    ItemsFileError naming file:line and field for the first malformed line, a duplicate item_id,
+    or an empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"items file {path} does not exist")
+    items: list[StudyItem] = []
+    first_line: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ItemsFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            item = dataclasses.replace(_check_item(record, where), line=line_number)
+            if item.item_id in first_line:
+                raise ItemsFileError(
+                    f"{where}: field 'item_id' {item.item_id!r} repeats line {first_line[item.item_id]}"
+                )
+            first_line[item.item_id] = line_number
+            items.append(item)
+    if not items:
+        raise ItemsFileError(f"{path}: no items (the file is empty)")
+    return items
+
+
+def explanation_style(item: StudyItem, condition: str) -> str:
+    """The explanation style an item shows under a condition ("selected" or a fixed style name)."""
+    return item.selected_style if condition == SELECTED_CONDITION else condition
+
+
+def attention_check_item(item_id: str, target: float) -> StudyItem:
+    """An attention-check item whose explanation asks the participant to enter `target` (a
+    probability in [0, 1], shown to the participant as a percentage)."""
+    percent = _format_percent(target * 100.0)
+    explanation = (
+        "This item checks that you are reading the explanations. To show you are reading, "
+        f"please enter {percent} as your answer below, whatever you think of the model's answer."
+    )
+    return StudyItem(
+        item_id=item_id,
+        question="Which of these colours is a primary colour of light?",
+        options=("Purple", "Red", "Brown", "Grey"),
+        model_answer="B",
+        correct=True,
+        model_confidence=1.0,
+        explanations={"default": explanation},
+        selected_style="default",
+    )
+
+
+def _format_percent(percent: float) -> str:
+    return f"{percent:g}"
+
+
+def _seeded_rng(seed: int, participant_code: str) -> random.Random:
+    # Hash to an int ourselves so the order does not depend on how `random` seeds from strings.
+    digest = hashlib.sha256(f"{seed}\x00{participant_code}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def participant_schedule(
+    item_ids: Sequence[str],
+    participant_code: str,
+    n_items: int | None = None,
+    attention_checks: int = 2,
+    seed: int = 0,
+) -> list[ScheduleSlot]:
+    """The deterministic sequence of slots one participant sees.
+
+    Shuffles `item_ids` with a generator seeded by (seed, participant_code), keeps the first
+    `n_items` (all if None), then inserts `attention_checks` checks at seeded positions, one in
+    each of that many roughly equal stretches of the sequence so they do not bunch up. Length:
+    n_items + attention_checks.
+    """
+    if n_items is None:
+        n_items = len(item_ids)
+    if not 1 <= n_items <= len(item_ids):
+        raise ValueError(f"n_items must be in [1, {len(item_ids)}], got {n_items}")
+    if attention_checks < 0:
+        raise ValueError(f"attention_checks must be >= 0, got {attention_checks}")
+    rng = _seeded_rng(seed, participant_code)
+    order = list(item_ids)
+    rng.shuffle(order)
+    slots = [ScheduleSlot(item_id) for item_id in order[:n_items]]
+    total = n_items + attention_checks
+    positions = []
+    for k in range(attention_checks):
+        lo, hi = k * total // attention_checks, (k + 1) * total // attention_checks
+        positions.append(rng.randrange(lo, hi))
+    for k, position in enumerate(positions):
+        target = rng.choice(ATTENTION_TARGETS_PERCENT) / 100.0
+        slots.insert(position, ScheduleSlot(f"{ATTENTION_ID_PREFIX}{k + 1}", target))
+    return slots
+
+
+# ----------------------------------------------------------------------------------------------
+# Database
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS study_config (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS participants (
+    participant_id TEXT PRIMARY KEY,
+    condition TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS responses (
+    participant_id TEXT NOT NULL REFERENCES participants(participant_id),
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    style TEXT NOT NULL,
+    rating REAL NOT NULL CHECK (rating >= 0.0 AND rating <= 1.0),
+    own_answer TEXT NOT NULL,
+    is_attention_check INTEGER NOT NULL,
+    attention_passed INTEGER,
+    created_at TEXT NOT NULL,
+    UNIQUE (participant_id, item_id),
+    UNIQUE (participant_id, position)
+);
+"""
+
+
+def _connect(db_path: Path, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=_SQLITE_TIMEOUT_S)
+    else:
+        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE below, so a
+        # read-then-write never runs on a stale snapshot.
+        conn = sqlite3.connect(db_path, timeout=_SQLITE_TIMEOUT_S, isolation_level=None)
+        conn.execute("PRAGMA foreign_keys = ON")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class _WriteTransaction:
+    """`with _WriteTransaction(conn):` runs the block in BEGIN IMMEDIATE ... COMMIT (ROLLBACK on
+    error). IMMEDIATE takes the write lock up front, which serializes concurrent writers instead of
+    letting two of them read the same state and then both write."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _init_db(db_path: Path, config: dict[str, str]) -> None:
+    """Creates the schema and records the study configuration; refuses a database made for a
+    different configuration, since stored schedules and conditions would no longer match."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _connect(db_path)
+    try:
+        # WAL lets readers (page views, exports) run while one writer commits.
+        conn.execute("PRAGMA journal_mode = WAL")
+        with _WriteTransaction(conn):
+            # Statement by statement: executescript would commit the open transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            stored = dict(conn.execute("SELECT key, value FROM study_config").fetchall())
+            if not stored:
+                conn.executemany("INSERT INTO study_config (key, value) VALUES (?, ?)", sorted(config.items()))
+            elif stored != config:
+                differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+                raise ValueError(
+                    f"database {db_path} was created for a different study configuration "
+                    f"(differs in: {', '.join(differing)}); use a new database file"
+                )
+    finally:
+        conn.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Ratings
+
+
+def parse_rating_percent(raw: str | None) -> float:
+    """Parses the participant's percentage ("0" to "100", an optional trailing "%") into a
+    probability in [0, 1]. Raises ValueError with a message fit to show the participant."""
+    if raw is None or not raw.strip():
+        raise ValueError("Please enter a probability between 0 and 100.")
+    text = raw.strip().removesuffix("%").strip()
+    try:
+        percent = float(text)
+    except ValueError:
+        raise ValueError(f"'{raw.strip()}' is not a number. Please enter a number between 0 and 100.") from None
+    if not math.isfinite(percent) or not 0.0 <= percent <= 100.0:
+        raise ValueError(f"{raw.strip()} is out of range. Please enter a number between 0 and 100.")
+    return percent / 100.0
+
+
+def _option_letters(n: int) -> list[str]:
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+def _parse_own_answer(raw: str | None, item: StudyItem) -> str:
+    answer = (raw or "").strip()
+    if item.options:
+        if answer and answer not in _option_letters(len(item.options)):
+            raise ValueError("Your own answer must be one of the option letters, or left empty.")
+    elif len(answer) > MAX_OWN_ANSWER_CHARS:
+        raise ValueError(f"Your own answer is too long (at most {MAX_OWN_ANSWER_CHARS} characters).")
+    return answer
+
+
+# ----------------------------------------------------------------------------------------------
+# App
+
+
+def _validate_conditions(conditions: Sequence[str], items: Sequence[StudyItem], items_path: Path) -> tuple[str, ...]:
+    conditions = tuple(conditions)
+    if not conditions:
+        raise ValueError("conditions is empty; give at least one (e.g. ('default', 'selected'))")
+    if len(set(conditions)) != len(conditions):
+        raise ValueError(f"conditions has duplicates: {conditions}")
+    for condition in conditions:
+        if condition != SELECTED_CONDITION and condition not in STYLE_NAMES:
+            raise ValueError(
+                f"unknown condition {condition!r}; use {SELECTED_CONDITION!r} or a style: {', '.join(STYLE_NAMES)}"
+            )
+        if condition == SELECTED_CONDITION:
+            continue
+        for item in items:
+            if condition not in item.explanations:
+                raise ItemsFileError(
+                    f"{items_path}:{item.line}: field 'explanations' lacks style {condition!r}, "
+                    f"which condition {condition!r} shows for every item"
+                )
+    return conditions
+
+
+def _assign_participant(
+    conn: sqlite3.Connection,
+    code: str,
+    conditions: tuple[str, ...],
+    make_schedule: Any,
+) -> tuple[str, list[ScheduleSlot]]:
+    """Returns (condition, schedule) for `code`, registering a new participant in the condition
+    with the fewest participants so far (ties go to the earliest in `conditions`)."""
+    with _WriteTransaction(conn):
+        row = conn.execute(
+            "SELECT condition, schedule FROM participants WHERE participant_id = ?", (code,)
+        ).fetchone()
+        if row is not None:
+            return row["condition"], _decode_schedule(row["schedule"])
+        counts = dict.fromkeys(conditions, 0)
+        for condition, count in conn.execute("SELECT condition, COUNT(*) FROM participants GROUP BY condition"):
+            if condition in counts:
+                counts[condition] = count
+        condition = min(conditions, key=lambda c: (counts[c], conditions.index(c)))
+        schedule: list[ScheduleSlot] = make_schedule(code)
+        conn.execute(
+            "INSERT INTO participants (participant_id, condition, schedule, created_at) VALUES (?, ?, ?, ?)",
+            (code, condition, _encode_schedule(schedule), _utc_now()),
+        )
+        return condition, schedule
+
+
+def _encode_schedule(schedule: Sequence[ScheduleSlot]) -> str:
+    return json.dumps([[slot.item_id, slot.attention_target] for slot in schedule])
+
+
+def _decode_schedule(text: str) -> list[ScheduleSlot]:
+    return [ScheduleSlot(item_id, target) for item_id, target in json.loads(text)]
+
+
+def _participant_state(conn: sqlite3.Connection, code: str) -> tuple[str, list[ScheduleSlot], int] | None:
+    """(condition, schedule, number answered) for a registered participant, else None."""
+    row = conn.execute("SELECT condition, schedule FROM participants WHERE participant_id = ?", (code,)).fetchone()
+    if row is None:
+        return None
+    answered = conn.execute("SELECT COUNT(*) FROM responses WHERE participant_id = ?", (code,)).fetchone()[0]
+    return row["condition"], _decode_schedule(row["schedule"]), answered
+
+
+def create_app(
+    items_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    conditions: Sequence[str] = ("default", SELECTED_CONDITION),
+    n_items_per_participant: int | None = None,
+    attention_checks: int = 2,
+    seed: int = 0,
+    secret_key: str | bytes | None = None,
+) -> flask.Flask:
+    """Builds the study web app.
+
+    items_path: JSONL items file (see `load_items`). db_path: SQLite file, created if absent; a
+    database created for another configuration (items, conditions, sizes, seed) is refused.
+    conditions: "selected" and/or fixed style names, assigned so that condition sizes differ by at
+    most one. n_items_per_participant: how many real items each participant rates (None: all).
+    attention_checks: checks inserted per participant. seed: with the participant code, fixes each
+    participant's order. secret_key signs the session cookie; None draws a random one (then a
+    server restart signs everyone out, and they resume by entering their code again).
+    """
+    items_path = Path(items_path)
+    db_path = Path(db_path)
+    items = load_items(items_path)
+    conditions = _validate_conditions(conditions, items, items_path)
+    if n_items_per_participant is not None and not 1 <= n_items_per_participant <= len(items):
+        raise ValueError(f"n_items_per_participant must be in [1, {len(items)}], got {n_items_per_participant}")
+    if attention_checks < 0:
+        raise ValueError(f"attention_checks must be >= 0, got {attention_checks}")
+    items_by_id = {item.item_id: item for item in items}
+    item_ids = [item.item_id for item in items]
+    items_digest = hashlib.sha256(
+        json.dumps([item.to_record() for item in items], sort_keys=True).encode()
+    ).hexdigest()
+    _init_db(
+        db_path,
+        {
+            "items_sha256": items_digest,
+            "conditions": json.dumps(list(conditions)),
+            "n_items_per_participant": json.dumps(n_items_per_participant),
+            "attention_checks": json.dumps(attention_checks),
+            "seed": json.dumps(seed),
+        },
+    )
+
+    def make_schedule(code: str) -> list[ScheduleSlot]:
+        return participant_schedule(item_ids, code, n_items_per_participant, attention_checks, seed)
+
+    def item_for(slot: ScheduleSlot) -> StudyItem:
+        if slot.attention_target is not None:
+            return attention_check_item(slot.item_id, slot.attention_target)
+        return items_by_id[slot.item_id]
+
+    app = flask.Flask(__name__, template_folder="study_templates")
+    app.config.update(
+        SECRET_KEY=secret_key if secret_key is not None else secrets.token_bytes(32),
+        # Lax keeps the session cookie off cross-site POSTs, so another site cannot submit ratings.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
+        STUDY_DB_PATH=str(db_path),
+    )
+    # Model text goes into every page: escape everything, whatever a template's file name.
+    app.jinja_env.autoescape = True
+
+    def db() -> sqlite3.Connection:
+        if "study_db" not in flask.g:
+            flask.g.study_db = _connect(db_path)
+        return flask.g.study_db
+
+    @app.teardown_appcontext
+    def close_db(_exc: BaseException | None) -> None:
+        conn = flask.g.pop("study_db", None)
+        if conn is not None:
+            conn.close()
+
+    def render_item(code: str, condition: str, schedule: list[ScheduleSlot], position: int,
+                    error: str | None = None, form: dict[str, str] | None = None, status: int = 200):
+        slot = schedule[position]
+        item = item_for(slot)
+        style = ATTENTION_STYLE if slot.is_attention_check else explanation_style(item, condition)
+        explanation = item.explanations["default" if slot.is_attention_check else style]
+        letters = _option_letters(len(item.options))
+        answer_text = item.model_answer
+        if item.model_answer in letters:
+            answer_text = f"{item.model_answer}. {item.options[letters.index(item.model_answer)]}"
+        body = flask.render_template(
+            "item.html",
+            participant_id=code,
+            item_id=slot.item_id,
+            number=position + 1,
+            total=len(schedule),
+            question=item.question,
+            options=list(zip(letters, item.options)),
+            answer_text=answer_text,
+            explanation=explanation,
+            error=error,
+            form=form or {},
+        )
+        return body, status
+
+    @app.get("/")
+    def start():
+        return flask.render_template("start.html", error=None, code="")
+
+    @app.post("/start")
+    def start_post():
+        code = (flask.request.form.get("participant_code") or "").strip()
+        if not _CODE_PATTERN.match(code):
+            error = ("Please enter your participant code: 1 to 64 letters, digits, '.', '_' or '-', "
+                     "starting with a letter or digit.")
+            return flask.render_template("start.html", error=error, code=code), 400
+        _assign_participant(db(), code, conditions, make_schedule)
+        flask.session.clear()
+        flask.session["participant_id"] = code
+        return flask.redirect(flask.url_for("item_page"), code=303)
+
+    def current_participant() -> tuple[str, str, list[ScheduleSlot], int] | None:
+        code = flask.session.get("participant_id")
+        if not isinstance(code, str):
+            return None
+        state = _participant_state(db(), code)
+        if state is None:
+            return None
+        return (code, *state)
+
+    @app.get("/item")
+    def item_page():
+        participant = current_participant()
+        if participant is None:
+            return flask.redirect(flask.url_for("start"), code=303)
+        code, condition, schedule, answered = participant
+        if answered >= len(schedule):
+            return flask.redirect(flask.url_for("done"), code=303)
+        return render_item(code, condition, schedule, answered)
+
+    @app.post("/item")
+    def item_post():
+        participant = current_participant()
+        if participant is None:
+            return flask.redirect(flask.url_for("start"), code=303)
+        code, condition, schedule, _ = participant
+        form = flask.request.form
+        submitted_id = form.get("item_id", "")
+        conn = db()
+        with _WriteTransaction(conn):
+            # Read the current position inside the write transaction: a second submit of the same
+            # item (double click, stale tab) then sees the first one's row and is turned away.
+            answered = conn.execute(
+                "SELECT COUNT(*) FROM responses WHERE participant_id = ?", (code,)
+            ).fetchone()[0]
+            if answered >= len(schedule):
+                flask.flash("You have already rated all items; that answer was not recorded.")
+                return flask.redirect(flask.url_for("done"), code=303)
+            slot = schedule[answered]
+            if submitted_id != slot.item_id:
+                flask.flash("That answer was for an item that is not your current one (sent twice, or from an "
+                            "old page), so it was not recorded. Here is your current item.")
+                return flask.redirect(flask.url_for("item_page"), code=303)
+            item = item_for(slot)
+            try:
+                rating = parse_rating_percent(form.get("rating"))
+                own_answer = _parse_own_answer(form.get("own_answer"), item)
+            except ValueError as e:
+                kept = {"rating": form.get("rating", ""), "own_answer": form.get("own_answer", "")}
+                return render_item(code, condition, schedule, answered, error=str(e), form=kept, status=400)
+            if slot.attention_target is not None:
+                style = ATTENTION_STYLE
+                passed: int | None = int(
+                    abs(rating - slot.attention_target) * 100.0 <= ATTENTION_TOLERANCE_PERCENT + 1e-9
+                )
+            else:
+                style = explanation_style(item, condition)
+                passed = None
+            try:
+                conn.execute(
+                    "INSERT INTO responses (participant_id, position, item_id, style, rating, own_answer, "
+                    "is_attention_check, attention_passed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (code, answered, slot.item_id, style, rating, own_answer,
+                     int(slot.is_attention_check), passed, _utc_now()),
+                )
+            except sqlite3.IntegrityError:
+                # Unreachable while the count check above holds; kept as a guard, never a duplicate.
+                flask.flash("That answer was already recorded.")
+                return flask.redirect(flask.url_for("item_page"), code=303)
+        if answered + 1 >= len(schedule):
+            return flask.redirect(flask.url_for("done"), code=303)
+        return flask.redirect(flask.url_for("item_page"), code=303)
+
+    @app.get("/done")
+    def done():
+        participant = current_participant()
+        if participant is None:
+            return flask.redirect(flask.url_for("start"), code=303)
+        code, _, schedule, answered = participant
+        if answered < len(schedule):
+            return flask.redirect(flask.url_for("item_page"), code=303)
+        return flask.render_template("done.html", participant_id=code, total=len(schedule))
+
+    return app
+
+
+# ----------------------------------------------------------------------------------------------
+# Export and serving
+
+
+def iter_responses(db_path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yields every accepted response as a dict keyed by EXPORT_COLUMNS, ordered by participant
+    then position. rating is a probability in [0, 1]; is_attention_check is 0/1;
+    attention_passed is 0/1 for checks and None otherwise; created_at is UTC ISO 8601."""
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise FileNotFoundError(f"study database {db_path} does not exist")
+    conn = _connect(db_path, read_only=True)
+    try:
+        rows = conn.execute(
+            "SELECT r.participant_id, p.condition, r.item_id, r.style, r.rating, r.own_answer, "
+            "r.is_attention_check, r.attention_passed, r.created_at "
+            "FROM responses r JOIN participants p ON p.participant_id = r.participant_id "
+            "ORDER BY r.participant_id, r.position"
+        ).fetchall()
+    finally:
+        conn.close()
+    for row in rows:
+        yield {column: row[column] for column in EXPORT_COLUMNS}
+
+
+def export_csv(db_path: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> int:
+    """Writes all accepted responses to `out_csv` with columns EXPORT_COLUMNS (see
+    `iter_responses`; attention_passed is empty for non-check rows). The file is written to a
+    temporary name and renamed, so a failure leaves no half-written CSV. Returns the row count."""
+    out_csv = Path(out_csv)
+    rows = list(iter_responses(db_path))
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=out_csv.name + ".", suffix=".tmp", dir=out_csv.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        os.replace(tmp_name, out_csv)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return len(rows)
+
+
+def serve(
+    items_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **app_kwargs: Any,
+) -> None:
+    """Runs the study on Flask's threaded development server until interrupted.
+
+    Good enough for a study on localhost or a lab network; for a public deployment serve the
+    `create_app(...)` WSGI app with a production server (e.g. waitress) behind HTTPS.
+    `app_kwargs` go to `create_app`.
+    """
+    app = create_app(items_path, db_path, **app_kwargs)
+    app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)

@@ -1,0 +1,483 @@
+"""Tests of the paper-2 rating study app (metacog_jax/perception/study.py) through Flask's test client.
+
+Covers: items-file validation, per-participant schedules, balanced condition assignment, resume,
+server-side rejection of bad ratings, duplicate and stale submissions, escaping of model text,
+the CSV export, and concurrent participants from several threads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+flask = pytest.importorskip("flask", reason="the study app needs flask (pip install 'flask>=3')")
+
+from metacog_jax.perception import study  # noqa: E402
+
+CERTAINTY_FOR_STYLE = {"not_sure": 0.3, "somewhat_sure": 0.6, "sure": 0.9}
+
+
+def item_record(i: int, **overrides) -> dict:
+    """A valid item; even i are multiple choice, odd i open-ended."""
+    certainty = ("not_sure", "somewhat_sure", "sure")[i % 3]
+    record = {
+        "item_id": f"q{i:03d}",
+        "question": f"Question number {i}?",
+        "options": [f"option {i}-{k}" for k in range(4)] if i % 2 == 0 else [],
+        "model_answer": "B" if i % 2 == 0 else f"answer {i}",
+        "correct": i % 3 != 0,
+        "model_confidence": CERTAINTY_FOR_STYLE[certainty],
+        "explanations": {
+            "default": f"Default explanation {i}.",
+            f"{certainty}_long": f"I am {certainty} (long) about {i}.",
+            "sure_short": f"I am sure: {i}.",
+        },
+        "selected_style": f"{certainty}_long",
+    }
+    record.update(overrides)
+    return record
+
+
+def write_items(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def items_path(tmp_path: Path) -> Path:
+    return write_items(tmp_path / "items.jsonl", [item_record(i) for i in range(5)])
+
+
+def make_app(items_path: Path, db_path: Path, **kwargs):
+    app = study.create_app(items_path, db_path, secret_key="test-secret", **kwargs)
+    app.config["TESTING"] = True
+    return app
+
+
+def sign_in(client, code: str):
+    return client.post("/start", data={"participant_code": code}, follow_redirects=True)
+
+
+def current_item(client) -> tuple[str, int | None, str]:
+    """(item_id, attention-check percent or None, page html) of the participant's current item."""
+    response = client.get("/item")
+    assert response.status_code == 200, response.status_code
+    html = response.get_data(as_text=True)
+    item_id = re.search(r'name="item_id" value="([^"]+)"', html).group(1)
+    target = re.search(r"please enter (\d+) as your answer", html)
+    return item_id, (int(target.group(1)) if target else None), html
+
+
+def submit(client, item_id: str, rating: str, own_answer: str = ""):
+    return client.post("/item", data={"item_id": item_id, "rating": rating, "own_answer": own_answer})
+
+
+def db_rows(db_path: Path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM responses ORDER BY participant_id, position").fetchall()
+    finally:
+        conn.close()
+
+
+def participant_conditions(db_path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return dict(conn.execute("SELECT participant_id, condition FROM participants").fetchall())
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Items file
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (item_record(1, model_confidence=1.5), "model_confidence"),
+        (item_record(1, model_confidence="0.5"), "model_confidence"),
+        (item_record(1, correct=1), "correct"),
+        (item_record(1, options="A,B"), "options"),
+        (item_record(1, selected_style="sure_long"), "selected_style"),
+        (item_record(1, explanations={"very_sure_long": "x"}), "explanations"),
+        (item_record(1, item_id="__attention_1"), "item_id"),
+        ({k: v for k, v in item_record(1).items() if k != "question"}, "question"),
+        (item_record(0), "item_id"),  # duplicate of line 1
+    ],
+)
+def test_load_items_errors_name_file_line_and_field(tmp_path: Path, bad: dict, field: str):
+    path = write_items(tmp_path / "items.jsonl", [item_record(0), bad])
+    with pytest.raises(study.ItemsFileError, match=rf"items\.jsonl:2: field '{field}"):
+        study.load_items(path)
+
+
+def test_load_items_reports_invalid_json_line(tmp_path: Path):
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps(item_record(0)) + "\n\n{not json\n", encoding="utf-8")
+    with pytest.raises(study.ItemsFileError, match=r"items\.jsonl:3: not valid JSON"):
+        study.load_items(path)
+
+
+def test_load_items_roundtrip(items_path: Path):
+    items = study.load_items(items_path)
+    assert [it.item_id for it in items] == [f"q{i:03d}" for i in range(5)]
+    assert items[0].options == tuple(f"option 0-{k}" for k in range(4)) and items[1].options == ()
+    assert items[2].line == 3 and items[0].to_record() == item_record(0)
+
+
+def test_fixed_condition_needs_its_style_on_every_item(tmp_path: Path, items_path: Path):
+    with pytest.raises(study.ItemsFileError, match=r"items\.jsonl:\d+: field 'explanations' lacks style 'not_sure_short'"):
+        study.create_app(items_path, tmp_path / "s.db", conditions=("not_sure_short",))
+    with pytest.raises(ValueError, match="unknown condition"):
+        study.create_app(items_path, tmp_path / "s.db", conditions=("bogus",))
+
+
+def test_database_for_another_configuration_is_refused(tmp_path: Path, items_path: Path):
+    db = tmp_path / "s.db"
+    make_app(items_path, db, seed=0)
+    make_app(items_path, db, seed=0)  # same configuration: reopening is fine
+    with pytest.raises(ValueError, match=r"different study configuration \(differs in: seed\)"):
+        make_app(items_path, db, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules and assignment
+
+
+def test_schedule_is_deterministic_complete_and_code_dependent():
+    ids = [f"q{i}" for i in range(12)]
+    a = study.participant_schedule(ids, "alice", attention_checks=3, seed=0)
+    assert a == study.participant_schedule(ids, "alice", attention_checks=3, seed=0)
+    assert len(a) == 15 and len({s.item_id for s in a}) == 15
+    assert sorted(s.item_id for s in a if not s.is_attention_check) == sorted(ids)
+    checks = [s for s in a if s.is_attention_check]
+    assert len(checks) == 3 and all(0 < s.attention_target < 1 for s in checks)
+    others = [study.participant_schedule(ids, f"p{k}", attention_checks=3, seed=0) for k in range(5)]
+    assert any([s.item_id for s in o] != [s.item_id for s in a] for o in others)
+    subset = study.participant_schedule(ids, "alice", n_items=4, attention_checks=1, seed=0)
+    assert len(subset) == 5 and sum(s.is_attention_check for s in subset) == 1
+
+
+@pytest.mark.parametrize("conditions", [("default", "selected"), ("default", "selected", "sure_short")])
+def test_assignment_is_balanced(tmp_path: Path, items_path: Path, conditions):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, conditions=conditions)
+    n = 3 * len(conditions) + 1
+    for k in range(n):
+        sign_in(app.test_client(), f"p{k}")
+    assigned = participant_conditions(db)
+    counts = [list(assigned.values()).count(c) for c in conditions]
+    assert sum(counts) == n and max(counts) - min(counts) <= 1
+    # Ties go to the earliest condition: participants 0, 1, ... fill conditions in order.
+    assert [assigned[f"p{k}"] for k in range(len(conditions))] == list(conditions)
+    # Signing in again does not re-assign or add a participant.
+    sign_in(app.test_client(), "p0")
+    assert participant_conditions(db) == assigned
+
+
+def test_condition_decides_the_explanation_shown_and_stored(tmp_path: Path, items_path: Path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, conditions=("default", "selected"), attention_checks=0)
+    items = {it.item_id: it for it in study.load_items(items_path)}
+    for code in ("default-person", "selected-person"):
+        client = app.test_client()
+        sign_in(client, code)
+        for _ in range(len(items)):
+            item_id, _, html = current_item(client)
+            style = "default" if code.startswith("default") else items[item_id].selected_style
+            assert items[item_id].explanations[style] in html
+            assert submit(client, item_id, "50").status_code == 303
+    for row in db_rows(db):
+        expected = "default" if row["participant_id"].startswith("default") else items[row["item_id"]].selected_style
+        assert row["style"] == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# One participant
+
+
+def test_resume_continues_without_repeating_items(tmp_path: Path, items_path: Path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, attention_checks=2)
+    first = app.test_client()
+    sign_in(first, "resumer")
+    seen = []
+    for rating in ("10", "20"):
+        item_id, target, _ = current_item(first)
+        submit(first, item_id, str(target) if target is not None else rating)
+        seen.append(item_id)
+    # A new browser (no cookie) with the same code picks up at the third item.
+    second = app.test_client()
+    page = sign_in(second, "resumer").get_data(as_text=True)
+    assert "Item 3 of 7" in page
+    while True:
+        response = second.get("/item")
+        if response.status_code == 303:
+            assert response.headers["Location"].endswith("/done")
+            break
+        item_id, target, _ = current_item(second)
+        assert item_id not in seen
+        submit(second, item_id, str(target) if target is not None else "70")
+        seen.append(item_id)
+    assert len(seen) == 7 and len(set(seen)) == 7
+    assert "Thank you" in second.get("/done").get_data(as_text=True)
+    assert [r["item_id"] for r in db_rows(db)] == seen
+    assert len(participant_conditions(db)) == 1
+
+
+@pytest.mark.parametrize(
+    "rating, message",
+    [("", "Please enter a probability"), ("abc", "is not a number"), ("150", "out of range"),
+     ("-1", "out of range"), ("nan", "out of range"), ("inf", "out of range"), ("100.01", "out of range")],
+)
+def test_invalid_rating_reshows_item_with_error_and_stores_nothing(tmp_path, items_path, rating, message):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db).test_client()
+    sign_in(client, "validator")
+    item_id, _, _ = current_item(client)
+    response = submit(client, item_id, rating)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert message in html and 'class="error"' in html
+    assert f'name="item_id" value="{item_id}"' in html
+    assert db_rows(db) == []
+    assert current_item(client)[0] == item_id
+
+
+def test_rating_scale_is_percent_stored_as_probability(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db, attention_checks=0).test_client()
+    sign_in(client, "scaler")
+    for raw, expected in (("0", 0.0), ("37.5", 0.375), ("100 %", 1.0)):
+        item_id, _, _ = current_item(client)
+        assert submit(client, item_id, raw).status_code == 303
+        assert db_rows(db)[-1]["rating"] == pytest.approx(expected)
+
+
+def test_own_answer_must_be_an_option_letter_for_multiple_choice(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db, attention_checks=0).test_client()
+    sign_in(client, "chooser")
+    items = {it.item_id: it for it in study.load_items(items_path)}
+    while True:
+        item_id, _, _ = current_item(client)
+        if items[item_id].options:
+            break
+        submit(client, item_id, "50", "free text is fine here")
+    response = submit(client, item_id, "50", "Z")
+    assert response.status_code == 400 and "option letters" in response.get_data(as_text=True)
+    assert item_id not in [r["item_id"] for r in db_rows(db)]
+    assert submit(client, item_id, "50", "C").status_code == 303
+    assert db_rows(db)[-1]["own_answer"] == "C"
+
+
+def test_duplicate_and_stale_submissions_are_not_stored(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, attention_checks=0)
+    client = app.test_client()
+    sign_in(client, "double")
+    schedule = study.participant_schedule([f"q{i:03d}" for i in range(5)], "double", attention_checks=0)
+    first, second, third = (s.item_id for s in schedule[:3])
+    assert current_item(client)[0] == first
+    assert submit(client, first, "40").status_code == 303
+    # Same form sent again (double click / back button): rejected, nothing new stored.
+    again = submit(client, first, "90")
+    assert again.status_code == 303 and again.headers["Location"].endswith("/item")
+    # An item further down the sequence (forged or from another tab) is rejected too.
+    assert submit(client, third, "90").status_code == 303
+    rows = db_rows(db)
+    assert [(r["item_id"], r["rating"]) for r in rows] == [(first, 0.40)]
+    item_id, _, html = current_item(client)
+    assert item_id == second and "was not recorded" in html
+
+
+def test_unknown_session_and_bad_code_go_back_to_start(tmp_path, items_path):
+    client = make_app(items_path, tmp_path / "s.db").test_client()
+    assert client.get("/item").headers["Location"].endswith("/")
+    assert client.post("/item", data={"item_id": "q000", "rating": "50"}).status_code == 303
+    response = client.post("/start", data={"participant_code": "bad code!"})
+    assert response.status_code == 400 and "participant code" in response.get_data(as_text=True)
+    assert db_rows(tmp_path / "s.db") == []
+
+
+def test_model_text_is_escaped(tmp_path: Path):
+    script = "<script>alert(1)</script>"
+    record = item_record(
+        0,
+        question=f"Q {script}",
+        options=[f"opt {script}", "plain"],
+        model_answer=f"ans {script}",
+        explanations={"default": f"Because {script}", "sure_long": f"Sure {script}"},
+        selected_style="sure_long",
+    )
+    items = write_items(tmp_path / "items.jsonl", [record])
+    client = make_app(items, tmp_path / "s.db", attention_checks=0).test_client()
+    html = sign_in(client, "xss").get_data(as_text=True)
+    assert script not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4  # question, option, answer, explanation
+
+
+def test_attention_checks_are_recorded_with_pass_or_fail(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db, attention_checks=2).test_client()
+    sign_in(client, "attender")
+    checks_seen = 0
+    for _ in range(7):
+        item_id, target, _ = current_item(client)
+        if target is None:
+            rating = "50"
+        else:
+            # Pass the first check, fail the second.
+            rating = str(target) if checks_seen == 0 else str((target + 30) % 100)
+            checks_seen += 1
+        submit(client, item_id, rating)
+    rows = db_rows(db)
+    checks = [r for r in rows if r["is_attention_check"]]
+    assert [r["attention_passed"] for r in checks] == [1, 0]
+    assert all(r["style"] == study.ATTENTION_STYLE for r in checks)
+    assert all(r["attention_passed"] is None for r in rows if not r["is_attention_check"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def test_export_csv_holds_exactly_the_accepted_answers(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, attention_checks=1, n_items_per_participant=3)
+    expected = []
+    for code in ("alpha", "beta"):
+        client = app.test_client()
+        sign_in(client, code)
+        for step in range(4):
+            item_id, target, _ = current_item(client)
+            submit(client, item_id, "500")  # rejected: out of range
+            submit(client, item_id, "")  # rejected: missing
+            rating = target if target is not None else 10 * (step + 1)
+            own = "A" if 'id="options"' in current_item(client)[2] and target is None else ""
+            assert submit(client, item_id, str(rating), own).status_code == 303
+            submit(client, item_id, "99")  # rejected: duplicate
+            expected.append((code, item_id, rating / 100, own, int(target is not None)))
+    out = tmp_path / "export" / "ratings.csv"
+    assert study.export_csv(db, out) == 8
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == study.EXPORT_COLUMNS
+        rows = list(reader)
+    conditions = participant_conditions(db)
+    got = [(r["participant_id"], r["item_id"], float(r["rating"]), r["own_answer"], int(r["is_attention_check"]))
+           for r in rows]
+    assert got == expected
+    for r in rows:
+        assert r["condition"] == conditions[r["participant_id"]]
+        assert r["attention_passed"] == ("1" if r["is_attention_check"] == "1" else "")
+        assert r["created_at"].endswith("+00:00")
+    assert sorted(conditions.values()) == ["default", "selected"]
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_export_of_missing_database_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.db"):
+        study.export_csv(tmp_path / "nope.db", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency
+
+
+def test_concurrent_participants_neither_lose_nor_mix_responses(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, conditions=("default", "selected", "sure_short"), attention_checks=1)
+    n_participants, n_slots = 6, 6
+    errors: list[BaseException] = []
+    start = threading.Barrier(n_participants, timeout=30)
+
+    def participant(k: int) -> None:
+        try:
+            client = app.test_client()
+            start.wait()
+            sign_in(client, f"conc{k}")
+            for step in range(n_slots):  # bounded: one submission per slot
+                item_id, target, _ = current_item(client)
+                # The rating encodes who sent it and when, so a mixed-up row would show.
+                rating = target if target is not None else 10 * k + step
+                response = submit(client, item_id, str(rating))
+                assert response.status_code == 303, response.get_data(as_text=True)
+            assert client.get("/item").headers["Location"].endswith("/done")
+        except BaseException as e:  # noqa: BLE001 - surfaced in the main thread below
+            errors.append(e)
+
+    threads = [threading.Thread(target=participant, args=(k,)) for k in range(n_participants)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a participant thread hung"
+    assert not errors, errors
+    rows = db_rows(db)
+    assert len(rows) == n_participants * n_slots
+    for k in range(n_participants):
+        mine = [r for r in rows if r["participant_id"] == f"conc{k}"]
+        assert [r["position"] for r in mine] == list(range(n_slots))
+        for r in mine:
+            if not r["is_attention_check"]:
+                assert r["rating"] == pytest.approx((10 * k + r["position"]) / 100)
+            else:
+                assert r["attention_passed"] == 1
+    counts = sorted(list(participant_conditions(db).values()).count(c) for c in ("default", "selected", "sure_short"))
+    assert counts == [2, 2, 2]
+
+
+def test_concurrent_double_submit_stores_one_row(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, attention_checks=0)
+    sign_in(app.test_client(), "racer")
+    item_id = study.participant_schedule([f"q{i:03d}" for i in range(5)], "racer", attention_checks=0)[0].item_id
+    n = 8
+    start = threading.Barrier(n, timeout=30)
+    statuses: list[int] = []
+
+    def send(k: int) -> None:
+        client = app.test_client()
+        with client.session_transaction() as session:
+            session["participant_id"] = "racer"
+        start.wait()
+        statuses.append(submit(client, item_id, str(k)).status_code)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(statuses) == n and set(statuses) == {303}
+    rows = db_rows(db)
+    assert [r["item_id"] for r in rows] == [item_id]
+
+
+def test_database_refuses_a_second_answer_to_the_same_item(tmp_path, items_path):
+    # The backstop under the app's own check: even a direct insert cannot duplicate an answer.
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db, attention_checks=0).test_client()
+    sign_in(client, "unique")
+    item_id, _, _ = current_item(client)
+    submit(client, item_id, "30")
+    conn = sqlite3.connect(db)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute(
+                "INSERT INTO responses (participant_id, position, item_id, style, rating, own_answer, "
+                "is_attention_check, attention_passed, created_at) VALUES ('unique', 9, ?, 'default', 0.5, '', 0, "
+                "NULL, 'now')",
+                (item_id,),
+            )
+    finally:
+        conn.close()
