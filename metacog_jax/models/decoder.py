@@ -170,12 +170,16 @@ class Decoder(nnx.Module):
         return out.astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
-                 cache: KVCache | None = None, return_hidden: bool = False):
+                 cache: KVCache | None = None, attention_mask: jax.Array | None = None,
+                 return_hidden: bool = False):
         """Run the model.
 
         tokens, positions: int [B, T]. segment_ids: int [B, T]; 0 marks padding, equal non-zero ids
         attend to each other (packing); defaults to all ones. With a cache the T new tokens are written at
         slots [cache.index, cache.index + T) and attend to every valid earlier slot.
+
+        attention_mask: bool [B, T, T], overrides the causal/segment mask (no cache only); used to score a
+        tree of continuations in one pass (each token attends to the prompt and its own ancestors).
 
         Returns (logits [B, T, V] float32 — or final hidden states [B, T, D] if return_hidden — , cache).
         """
@@ -184,7 +188,11 @@ class Decoder(nnx.Module):
             segment_ids = jnp.ones((b, t), jnp.int32)
         x = self.embed_tokens(tokens)
         sin, cos = rope_tables(self.config, positions)
-        if cache is None:
+        if attention_mask is not None:
+            if cache is not None:
+                raise ValueError("attention_mask cannot be combined with a KV cache")
+            mask = attention_mask
+        elif cache is None:
             same = segment_ids[:, :, None] == segment_ids[:, None, :]
             causal = jnp.tril(jnp.ones((t, t), bool))[None]
             mask = same & causal & (segment_ids[:, None, :] != 0)
