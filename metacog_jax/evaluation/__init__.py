@@ -1,0 +1,1 @@
+"""Evaluation: confidence metrics (pinned definitions), bootstrap intervals, plots."""
