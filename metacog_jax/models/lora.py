@@ -1,0 +1,87 @@
+"""LoRA adapters on chosen projections, built on `nnx.LoRA`.
+
+`apply_lora` wraps every `nnx.Linear` whose path (e.g. "layers.3.self_attn.q_proj") matches a regex in a
+`ScaledLoRA`: y = base(x) + (alpha / rank) * dropout(x) @ A @ B, with B initialised to zero so training
+starts from the base model. The adapter weights are `nnx.LoRAParam`; since LoRAParam is a subclass of
+Param, the trainer filters gradients, optimizer state and checkpoints with `nnx.LoRAParam` so the base
+never moves. `merge_lora` folds the adapters back into plain Linear kernels for export.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from metacog_jax.models.decoder import LOGICAL_AXES
+
+
+class ScaledLoRA(nnx.LoRA):
+    """nnx.LoRA with the usual alpha/rank scaling and input dropout on the low-rank branch."""
+
+    def __init__(self, base: nnx.Linear, rank: int, alpha: float, dropout: float, *, rngs: nnx.Rngs):
+        d_in, d_out = base.kernel.shape
+        super().__init__(d_in, rank, d_out, base_module=base, dtype=base.dtype,
+                         param_dtype=base.param_dtype, rngs=rngs,
+                         a_metadata={LOGICAL_AXES: (base.kernel.get_metadata()[LOGICAL_AXES][0], None)},
+                         b_metadata={LOGICAL_AXES: (None, base.kernel.get_metadata()[LOGICAL_AXES][1])})
+        self.scale = alpha / rank
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+    def __call__(self, x):
+        h = self.dropout(x) if self.dropout is not None else x
+        low = (h.astype(self.lora_a.dtype) @ self.lora_a[...]) @ self.lora_b[...]
+        return self.base_module(x) + (self.scale * low).astype(x.dtype)
+
+
+def _linear_paths(model: nnx.Module):
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.Linear):
+            yield ".".join(str(p) for p in path), path, module
+
+
+def _set_submodule(model: nnx.Module, path, value) -> None:
+    parent = model
+    for p in path[:-1]:
+        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(path[-1], int):
+        parent[path[-1]] = value
+    else:
+        setattr(parent, path[-1], value)
+
+
+def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float, dropout: float = 0.0,
+               seed: int = 0) -> list[str]:
+    """Wrap every Linear whose dotted path fully matches `targets` (a regex). Returns the wrapped paths.
+    Fails when the regex matches nothing, listing a few available paths."""
+    pattern = re.compile(targets)
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    matched = [(name, path, m) for name, path, m in _linear_paths(model) if pattern.fullmatch(name)]
+    if not matched:
+        names = [name for name, _, _ in _linear_paths(model)]
+        raise ValueError(f"LoRA target regex {targets!r} matches no linear layer; paths look like: "
+                         f"{', '.join(names[:4])}, ...")
+    for name, path, module in matched:
+        _set_submodule(model, path, ScaledLoRA(module, rank, alpha, dropout, rngs=rngs))
+    return [name for name, _, _ in matched]
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+    """Replace every ScaledLoRA by its base Linear with kernel + scale * A @ B (in place; returns model)."""
+    found = [(path, m) for path, m in nnx.iter_graph(model) if isinstance(m, ScaledLoRA)]
+    for path, m in found:
+        base = m.base_module
+        delta = m.scale * (m.lora_a[...].astype(jnp.float32) @ m.lora_b[...].astype(jnp.float32))
+        base.kernel.set_value((base.kernel[...].astype(jnp.float32) + delta).astype(base.kernel[...].dtype))
+        _set_submodule(model, path, base)
+    return model
+
+
+def lora_paths(model: nnx.Module) -> list[str]:
+    return [".".join(map(str, p)) for p, m in nnx.iter_graph(model) if isinstance(m, ScaledLoRA)]
+
+
+def count_params(state) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(state))

@@ -1,0 +1,61 @@
+"""Per-step training metrics to JSONL and TensorBoard event files, and the matmul peak used for MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+
+class MetricsLog:
+    """Appends {"step": i, ...} lines to <dir>/metrics.jsonl and scalars to TensorBoard (tensorboardX)."""
+
+    def __init__(self, directory: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.directory / "tensorboard"))
+        except ImportError:  # the JSONL log is the record; TensorBoard is a convenience
+            self.writer = None
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v if isinstance(v, (int, str)) or math.isfinite(v) else None) for k, v in values.items()}
+        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for k, v in clean.items():
+                if isinstance(v, float) and k != "step":
+                    self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 10, dtype=jnp.float32) -> float:
+    """Achieved FLOP/s of a jitted n x n matmul on one device (the peak MFU is measured against)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
