@@ -42,6 +42,7 @@ class SamplingParams:
     top_k: int = 0
     num_samples: int = 1
     stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -103,9 +104,9 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: i
     return tokens, segments, positions
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "params", "stop_ids"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "params", "stop_ids", "pad_id"))
 def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, params: SamplingParams,
-              stop_ids: tuple[int, ...]):
+              stop_ids: tuple[int, ...], pad_id: int):
     """Prefill + decode. tokens/segments/positions [B, P]; seeds [B]. Returns token ids [B*K, N],
     log-probs [B*K, N] and the number of tokens generated per row [B*K] (up to and incl. a stop token)."""
     model = nnx.merge(graphdef, state)
@@ -120,6 +121,7 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     row_keys = jax.vmap(jax.random.fold_in)(
         jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.repeat(seeds, k)), jnp.tile(jnp.arange(k), b))
     stop = jnp.asarray(stop_ids, jnp.int32)
+    pad = jnp.int32(pad_id)
 
     def choose(logits, step):
         logp = jax.nn.log_softmax(logits, axis=-1)
@@ -138,7 +140,7 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     def body(carry):
         step, cache, logits, out_tok, out_lp, lengths, done, pos = carry
         tok, lp = choose(logits, step)
-        tok = jnp.where(done, stop[0], tok)
+        tok = jnp.where(done, pad, tok)
         out_tok = out_tok.at[:, step].set(tok)
         out_lp = out_lp.at[:, step].set(jnp.where(done, 0.0, lp))
         lengths = lengths + (~done).astype(jnp.int32)
@@ -147,17 +149,18 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
         return step + 1, cache, model.logits(hidden[:, -1]), out_tok, out_lp, lengths, done, pos + 1
 
     rows = b * k
-    carry = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((rows, n), stop[0], jnp.int32),
+    carry = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((rows, n), pad, jnp.int32),
              jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool), next_pos)
     _, _, _, out_tok, out_lp, lengths, _, _ = jax.lax.while_loop(cond, body, carry)
     return out_tok, out_lp, lengths
 
 
 def length_bucket(n: int, minimum: int = 16) -> int:
-    """Smallest power of two >= max(n, minimum)."""
+    """Smallest bucket >= max(n, minimum) from the half-octave ladder 16, 24, 32, 48, 64, 96, 128, ...:
+    at most a third of a row is padding, and a run compiles once per ladder step it meets."""
     b = minimum
     while b < n:
-        b *= 2
+        b = b * 3 // 2 if (b & (b - 1)) == 0 else (b // 3) * 4
     return b
 
 
@@ -183,7 +186,8 @@ class Sampler:
             seeds = list(range(len(prompts)))
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        stop_ids = tuple(self.stop_ids) + tuple(self._single_token_stops(params.stop_strings))
+        stop_ids = () if params.ignore_eos else (
+            tuple(self.stop_ids) + tuple(self._single_token_stops(params.stop_strings)))
         graphdef, state = nnx.split(self.model)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, list[Completion]] = {}
@@ -197,7 +201,7 @@ class Sampler:
             chunk_seeds[:len(idx)] = np.asarray([seeds[i] for i in idx], np.int64) % (2 ** 32)
             out_tok, out_lp, lengths = jax.device_get(_generate(
                 graphdef, state, tokens, segments, positions, chunk_seeds, key,
-                params=params, stop_ids=stop_ids))
+                params=params, stop_ids=stop_ids, pad_id=self.pad_id))
             k = params.num_samples
             for j, i in enumerate(idx):
                 results[i] = [self._completion(out_tok[j * k + s], out_lp[j * k + s], int(lengths[j * k + s]),
@@ -215,7 +219,7 @@ class Sampler:
     def _completion(self, tok, lp, length, params) -> Completion:
         ids, lps = [int(t) for t in tok[:length]], [float(x) for x in lp[:length]]
         reason = "length"
-        if ids and ids[-1] in self.stop_ids:
+        if ids and ids[-1] in self.stop_ids and not params.ignore_eos:
             ids, lps, reason = ids[:-1], lps[:-1], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         cut = _first_stop(text, params.stop_strings)
