@@ -12,6 +12,7 @@ and the previous step is restored instead.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,11 @@ class RunCheckpoints:
             except ValueError:
                 raise
             except Exception as e:  # incomplete or corrupt step directory
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the previous one", step,
-                            self.directory, type(e).__name__, str(e)[:200])
+                aside = self.directory / f"{step}.unreadable-{int(time.time())}"
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); moved to %s, trying the previous "
+                            "one", step, self.directory, type(e).__name__, str(e)[:200], aside.name)
+                (self.directory / str(step)).rename(aside)  # so this run can write that step again
+                self.manager.reload()
                 continue
             return (step, from_named(restored["trainable"], abstract_trainable),
                     from_named(restored["opt_state"], abstract_opt_state), meta)

@@ -200,8 +200,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: Batch
     tr_sh = sharding_lib.state_shardings(trainable, mesh, rules)
     fr_sh = sharding_lib.state_shardings(frozen, mesh, rules)
     ot_sh = sharding_lib.state_shardings(other, mesh, rules)
-    opt_state = jax.jit(tx.init, out_shardings=None)(trainable)
-    opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+    # Moments are nnx Variables carrying the parameters' logical axes, so they shard like them.
+    opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
     b_sh = _batch_shardings(mesh)
     step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values),
                       in_shardings=(tr_sh, opt_sh, fr_sh, ot_sh, b_sh, None),
@@ -293,9 +294,8 @@ def restore_trained_model(config, workdir: str | Path, mesh=None):
     tr_sh = sharding_lib.state_shardings(trainable, mesh, rules)
     tx, _ = make_optimizer(config.train)
     opt_state = jax.eval_shape(tx.init, trainable)
-    opt_abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                               sharding=NamedSharding(mesh, PartitionSpec())),
-                                opt_state)
+    opt_abstract = sharding_lib.abstract_with_shardings(
+        opt_state, sharding_lib.state_shardings(opt_state, mesh, rules))
     ckpt = RunCheckpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints, async_save=False)
     if not ckpt.steps():
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; run `metacog train` first")

@@ -1,0 +1,11 @@
+"""Condition 'S': fine-tune on the single task. See configs/common.py for the sweep string."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+
+
+def get_config(arg=None):
+    return common.experiment("single", arg)[0]
