@@ -1,0 +1,300 @@
+"""The report: compare conditions (base, S, C, C+S, ...) from their eval stages' outputs.
+
+Reads each run's ``eval/metrics.json`` (and ``eval/<dataset>.jsonl`` for reliability diagrams) and writes
+``report.md`` + ``report.json`` (+ ``figures/*.png``) with:
+  (a) the main table: per condition, on every dataset (in-domain, then out-of-domain), ECE and AUC of the
+      single task and AUC_c and AUC_a of the pairwise task, each with its 95% bootstrap interval;
+  (b) the task-transfer table: change vs the base condition of the single-task metrics (ECE, AUC) and the
+      pairwise metrics (AUC_c, AUC_a), per dataset and averaged per domain group, for each trained
+      condition (does S move the pairwise scores? does C move the single-task scores?);
+  (c) answer accuracy per dataset and condition (fine-tuning confidence must not change it);
+  (d) reliability diagrams per condition x dataset (bin counts drawn on the bars);
+  (e) the ECE definition used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metacog_jax.evaluation import metrics, plots
+from metacog_jax.evaluation.run import ROLES, read_metrics, write_text_atomic
+
+# (key in report, task block in metrics.json, metric name there, header, better direction)
+MAIN_METRICS = (
+    ("ece", "single", "ece", "ECE", "lower"),
+    ("auc", "single", "auroc", "AUC", "higher"),
+    ("auc_c", "pairwise", "auc_c", "AUC_c", "higher"),
+    ("auc_a", "pairwise", "auc_a", "AUC_a", "higher"),
+)
+ROLE_TITLES = {"in_domain": "in-domain", "out_of_domain": "out-of-domain"}
+
+
+def _eval_dir(run_dir: Path) -> Path:
+    """A run's eval folder: <run>/eval if it holds metrics.json, else the folder itself."""
+    if (run_dir / "eval" / "metrics.json").is_file():
+        return run_dir / "eval"
+    if (run_dir / "metrics.json").is_file():
+        return run_dir
+    raise FileNotFoundError(f"{run_dir}: neither {run_dir / 'eval' / 'metrics.json'} nor "
+                            f"{run_dir / 'metrics.json'} exists; run the eval stage for this condition")
+
+
+def _interval(block: Mapping[str, Any] | None, name: str) -> dict[str, float | None] | None:
+    if not block:
+        return None
+    value = block.get("metrics", {}).get(name)
+    if value is None or value.get("estimate") is None:
+        return None
+    return {"estimate": value["estimate"], "low": value.get("low"), "high": value.get("high")}
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def format_cell(value: Mapping[str, Any] | None) -> str:
+    """'0.123 [0.10, 0.15]' (estimate, 95% interval); 'n/a' when undefined."""
+    if value is None or _num(value.get("estimate")) is None:
+        return "n/a"
+    low, high = _num(value.get("low")), _num(value.get("high"))
+    ci = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{value['estimate']:.3f}{ci}"
+
+
+def _format_delta(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
+
+
+def _read_single_items(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    conf, correct = [], []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
+            if row.get("task") != "single":
+                continue
+            if "expected" not in row or "correct" not in row:
+                raise ValueError(f"{path}:{line_no}: single item lacks 'expected' or 'correct'")
+            conf.append(float(row["expected"]))
+            correct.append(float(bool(row["correct"])))
+    return np.asarray(conf), np.asarray(correct)
+
+
+def build_report(run_dirs: Mapping[str, str | os.PathLike], out_dir: str | os.PathLike, *, base: str = "base",
+                 n_bins: int = 10) -> dict[str, Any]:
+    """Compare conditions and write report.md, report.json and figures/ under `out_dir`.
+
+    Args:
+      run_dirs: condition name -> run directory (holding eval/metrics.json) or the eval directory itself;
+        the order gives the table rows.
+      out_dir: output folder.
+      base: the untrained condition the transfer and accuracy tables compare against (tables that need it
+        are left out when it is not among the conditions).
+      n_bins: bins of the reliability diagrams (10 = the ECE bins).
+
+    Returns:
+      The report.json content: conditions, datasets by role, main / transfer / accuracy tables, diagram
+      paths (relative to out_dir), the ECE definition.
+
+    Raises:
+      FileNotFoundError: a run without metrics.json (named). ValueError: no conditions, a dataset whose role
+      differs between runs, or a run whose ECE definition differs from this code's.
+    """
+    if not run_dirs:
+        raise ValueError("run_dirs is empty: give at least one condition")
+    out_dir = Path(out_dir)
+    runs: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for cond, path in run_dirs.items():
+        eval_dir = _eval_dir(Path(path))
+        runs[cond] = (eval_dir, read_metrics(eval_dir))
+
+    roles: dict[str, str] = {}
+    role_source: dict[str, str] = {}
+    for cond, (eval_dir, m) in runs.items():
+        if m.get("ece_definition") not in (None, metrics.ECE_DEFINITION):
+            raise ValueError(f"{eval_dir / 'metrics.json'}: ECE definition differs from this code's "
+                             f"({m.get('ece_definition')!r}); re-run its eval stage before comparing")
+        for ds, entry in m.get("datasets", {}).items():
+            role = entry.get("role")
+            if role not in ROLES:
+                raise ValueError(f"{eval_dir / 'metrics.json'}: dataset {ds!r} has role {role!r}, expected one of "
+                                 f"{ROLES}")
+            if ds in roles and roles[ds] != role:
+                raise ValueError(f"dataset {ds!r} is {roles[ds]} in condition {role_source[ds]!r} but {role} in "
+                                 f"{cond!r}")
+            roles.setdefault(ds, role)
+            role_source.setdefault(ds, cond)
+    by_role = {r: [ds for ds in roles if roles[ds] == r] for r in ROLES}
+    conditions = list(runs)
+
+    def entry(cond: str, ds: str) -> Mapping[str, Any] | None:
+        return runs[cond][1].get("datasets", {}).get(ds)
+
+    main: dict[str, dict[str, dict[str, Any]]] = {}
+    accuracy: dict[str, dict[str, Any]] = {ds: {} for ds in roles}
+    for cond in conditions:
+        main[cond] = {}
+        for ds in roles:
+            e = entry(cond, ds)
+            main[cond][ds] = {key: (_interval(e.get(block), name) if e else None)
+                              for key, block, name, _, _ in MAIN_METRICS}
+            accuracy[ds][cond] = _interval(e.get("single"), "accuracy") if e else None
+
+    transfer: dict[str, Any] = {}
+    if base in runs:
+        for cond in conditions:
+            if cond == base:
+                continue
+            per_ds = {}
+            for ds in roles:
+                per_ds[ds] = {}
+                for key, *_ in MAIN_METRICS:
+                    now, ref = main[cond][ds][key], main[base][ds][key]
+                    per_ds[ds][key] = (now["estimate"] - ref["estimate"]) if now and ref else None
+            means = {}
+            for role, names in by_role.items():
+                means[role] = {}
+                for key, *_ in MAIN_METRICS:
+                    vals = [per_ds[ds][key] for ds in names if per_ds[ds][key] is not None]
+                    means[role][key] = float(np.mean(vals)) if vals else None
+            transfer[cond] = {"datasets": per_ds, "mean_by_role": means}
+        for ds in roles:
+            ref = accuracy[ds].get(base)
+            for cond in conditions:
+                now = accuracy[ds].get(cond)
+                if now is not None:
+                    now["delta_vs_base"] = (now["estimate"] - ref["estimate"]) if ref else None
+
+    diagrams: dict[str, dict[str, str | None]] = {}
+    used: set[str] = set()
+    for cond in conditions:
+        diagrams[cond] = {}
+        for ds in roles:
+            items = runs[cond][0] / f"{ds}.jsonl"
+            if entry(cond, ds) is None or not items.is_file():
+                diagrams[cond][ds] = None
+                continue
+            conf, correct = _read_single_items(items)
+            if len(conf) == 0:
+                diagrams[cond][ds] = None
+                continue
+            name = f"reliability__{_safe(cond)}__{_safe(ds)}.png"
+            k = 1
+            while name in used:  # distinct conditions may sanitize alike ("C+S", "C S")
+                k += 1
+                name = f"reliability__{_safe(cond)}-{k}__{_safe(ds)}.png"
+            used.add(name)
+            plots.reliability_diagram(conf, correct, out_dir / "figures" / name, f"{cond} — {ds}", n_bins=n_bins)
+            diagrams[cond][ds] = f"figures/{name}"
+
+    report = {
+        "ece_definition": metrics.ECE_DEFINITION,
+        "base": base if base in runs else None,
+        "conditions": conditions,
+        "runs": {cond: str(runs[cond][0]) for cond in conditions},
+        "datasets": by_role,
+        "metrics": [{"key": k, "task": b, "name": n, "header": h, "better": d} for k, b, n, h, d in MAIN_METRICS],
+        "main": main,
+        "transfer": transfer,
+        "accuracy": accuracy,
+        "diagrams": diagrams,
+    }
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out_dir / "report.md", _markdown(report))
+    return report
+
+
+# -- rendering ------------------------------------------------------------------------------------------
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _markdown(report: Mapping[str, Any]) -> str:
+    conds, base = report["conditions"], report["base"]
+    out = ["# Metacognition report", "",
+           f"Conditions: {', '.join(conds)}." + (f" Base: {base}." if base else " No base condition given."), "",
+           f"**{report['ece_definition']}**", "",
+           "Cells: estimate [95% bootstrap interval]. ECE lower is better; AUC (single task), AUC_c and AUC_a "
+           "(pairwise task) higher is better, 0.5 = chance.", "",
+           "## Main results", ""]
+    for role, names in report["datasets"].items():
+        if not names:
+            continue
+        out += [f"### {ROLE_TITLES[role]}", ""]
+        header = ["condition"] + [f"{ds} {h}" for ds in names for _, _, _, h, _ in MAIN_METRICS]
+        rows = [[c] + [format_cell(report["main"][c][ds][k]) for ds in names for k, *_ in MAIN_METRICS]
+                for c in conds]
+        out += [_md_table(header, rows), ""]
+
+    out += ["## Task transfer (change vs base)", ""]
+    if not report["transfer"]:
+        out += ["No base condition among the runs, so no transfer table.", ""]
+    else:
+        out += ["Single-task metrics (ΔECE, negative = better calibrated; ΔAUC) and pairwise metrics "
+                "(ΔAUC_c, ΔAUC_a) of each trained condition minus base. Single-task training moving only the "
+                "first two, and pairwise training only the last two, means no transfer between tasks.", ""]
+        header = ["condition", "dataset", "ΔECE", "ΔAUC", "ΔAUC_c", "ΔAUC_a"]
+        rows = []
+        for cond, t in report["transfer"].items():
+            for role, names in report["datasets"].items():
+                for ds in names:
+                    rows.append([cond, ds] + [_format_delta(t["datasets"][ds][k]) for k, *_ in MAIN_METRICS])
+                if names:
+                    rows.append([cond, f"mean {ROLE_TITLES[role]}"]
+                                + [_format_delta(t["mean_by_role"][role][k]) for k, *_ in MAIN_METRICS])
+        out += [_md_table(header, rows), ""]
+
+    out += ["## Answer accuracy", ""]
+    all_ds = [ds for names in report["datasets"].values() for ds in names]
+    header = ["dataset"] + conds + ([f"largest abs. change vs {base}"] if base else [])
+    rows = []
+    for ds in all_ds:
+        row = [ds] + [format_cell(report["accuracy"][ds].get(c)) for c in conds]
+        if base:
+            deltas = [abs(v["delta_vs_base"]) for v in report["accuracy"][ds].values()
+                      if v is not None and v.get("delta_vs_base") is not None]
+            row.append(f"{max(deltas):.3f}" if deltas else "n/a")
+        rows.append(row)
+    out += [_md_table(header, rows), ""]
+
+    out += ["## Reliability diagrams (single task)", "",
+            "Bars: accuracy per confidence bin (the ECE bins), dots: mean confidence, n: items in the bin.", ""]
+    header = ["condition"] + all_ds
+    rows = [[c] + [f"![{c} {ds}]({p})" if (p := report["diagrams"][c].get(ds)) else "n/a" for ds in all_ds]
+            for c in conds]
+    out += [_md_table(header, rows), ""]
+    return "\n".join(out)
+
+
+def format_main_table(report: Mapping[str, Any]) -> str:
+    """The main table as fixed-width text for a terminal: one line per (dataset, condition)."""
+    keys = [k for k, *_ in MAIN_METRICS]
+    headers = [h for _, _, _, h, _ in MAIN_METRICS]
+    rows = []
+    for role, names in report["datasets"].items():
+        for ds in names:
+            for c in report["conditions"]:
+                rows.append([ROLE_TITLES[role], ds, c] + [format_cell(report["main"][c][ds][k]) for k in keys])
+    header = ["role", "dataset", "condition"] + headers
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()
+    lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    return "\n".join(lines + ["", report["ece_definition"]])

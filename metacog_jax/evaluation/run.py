@@ -1,0 +1,383 @@
+"""The eval stage: both metacognitive tasks on every dataset, metrics with bootstrap intervals, on disk.
+
+For each dataset (normally a test split):
+  * single task: each question with the model's greedy answer (from its sample record) is scored for its
+    confidence distribution (scoring.score_single); confidence = expected value sum_k p_k v_k. Metrics:
+    accuracy, mean confidence, ECE, ACE, Brier, AUROC, AURC, against greedy correctness.
+  * pairwise task: seeded random pairs of its questions, shown in a random Q1/Q2 order
+    (prompts.order_pair), are scored for p_q1 = P("Q1") renormalized over {Q1, Q2}. Metrics: AUC_c over
+    pairs whose self-consistencies differ, AUC_a over pairs with exactly one correct greedy answer (each
+    also as a threshold-free AUROC), and the Q1 choice rate (position bias).
+Every metric carries a 95% percentile-bootstrap interval; the resampling unit is the item (single) or
+the pair (pairwise).
+
+Files (written atomically, metrics.json last, so its presence means the stage finished):
+  out_dir/<dataset>.jsonl  one line per item ("task": "single") and per pair ("task": "pairwise");
+  out_dir/<dataset>.metrics.json  that dataset's entry and a fingerprint of its inputs (for resume);
+  out_dir/metrics.json     {"ece_definition", "scale", "labels", ..., "datasets": {name: {...}}}.
+
+With resume=True a dataset whose files exist with the same fingerprint (settings, question ids, greedy
+answers and grades, consistencies, `tag`) is read back instead of scored again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from metacog_jax.data import prompts
+from metacog_jax.data.records import Question
+from metacog_jax.evaluation import bootstrap, metrics, scoring
+
+log = logging.getLogger(__name__)
+
+ROLES = ("in_domain", "out_of_domain")
+
+
+# -- metric bundles (module-level so the bootstrap's compiled function is reused) ----------------------
+def single_metric_fn(conf, correct):
+    """Single-task metrics of P(correct) `conf` [N] against 0/1 `correct` [N] (jax-traceable)."""
+    return {
+        "accuracy": metrics.accuracy(correct),
+        "mean_confidence": metrics.mean_confidence(conf),
+        "ece": metrics.ece(conf, correct),
+        "ace": metrics.ace(conf, correct),
+        "brier": metrics.brier(conf, correct),
+        "auroc": metrics.auroc(conf, correct),
+        "aurc": metrics.aurc(conf, correct),
+    }
+
+
+def pairwise_metric_fn(p_q1, consistency_q1, consistency_q2, correct_q1, correct_q2):
+    """Pairwise metrics of p_q1 [P] (jax-traceable); AUC_c / AUC_a over their own subsets of pairs."""
+    return {
+        "auc_c": metrics.auc_c(p_q1, consistency_q1, consistency_q2),
+        "auc_c_auroc": metrics.auc_c(p_q1, consistency_q1, consistency_q2, mode="auroc"),
+        "auc_a": metrics.auc_a(p_q1, correct_q1, correct_q2),
+        "auc_a_auroc": metrics.auc_a(p_q1, correct_q1, correct_q2, mode="auroc"),
+        "q1_choice_rate": jnp.mean((jnp.asarray(p_q1) > 0.5).astype(float)),
+    }
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+def _as_question(item: Question | Mapping[str, Any], dataset: str, i: int) -> Question:
+    if isinstance(item, Question):
+        return item
+    try:
+        return Question.from_json(item)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"dataset {dataset!r}: question {i}: {e}") from e
+
+
+def _join_records(dataset: str, questions: Sequence[Question], records: Iterable[Mapping[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """Per question: greedy answer, its correctness and the self-consistency, checked, in question order."""
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for j, rec in enumerate(records):
+        if not isinstance(rec, Mapping) or "id" not in rec:
+            raise ValueError(f"dataset {dataset!r}: sample record {j} is not an object with an 'id' field")
+        by_id[str(rec["id"])] = rec
+    missing = [q.id for q in questions if q.id not in by_id]
+    if missing:
+        raise ValueError(f"dataset {dataset!r}: no sample record (answers) for {len(missing)} question(s), "
+                         f"e.g. {missing[:5]}; run the sample stage for them")
+    out = []
+    for q in questions:
+        rec = by_id[q.id]
+        greedy = rec.get("greedy")
+        if not isinstance(greedy, Mapping) or "answer" not in greedy or "correct" not in greedy:
+            raise ValueError(f"dataset {dataset!r}: sample record {q.id!r}: field 'greedy' must hold 'answer' "
+                             f"and 'correct', got {greedy!r}")
+        consistency = rec.get("consistency")
+        if not isinstance(consistency, (int, float)) or not 0.0 <= float(consistency) <= 1.0:
+            raise ValueError(f"dataset {dataset!r}: sample record {q.id!r}: field 'consistency' must be a "
+                             f"number in [0, 1], got {consistency!r}")
+        if greedy["answer"] is not None and not isinstance(greedy["answer"], str):
+            raise ValueError(f"dataset {dataset!r}: sample record {q.id!r}: greedy answer must be a string "
+                             f"or null, got {greedy['answer']!r}")
+        out.append(dict(answer=greedy["answer"], correct=bool(greedy["correct"]), consistency=float(consistency),
+                        modal_correct=rec.get("modal_correct")))
+    return out
+
+
+def sample_pairs(n_items: int, n_pairs: int, seed: int) -> list[tuple[int, int]]:
+    """Up to `n_pairs` distinct unordered pairs (i < j) of range(n_items), drawn uniformly, reproducibly.
+
+    All n(n-1)/2 pairs when fewer exist; the order of the list is random too.
+    """
+    total = n_items * (n_items - 1) // 2
+    rng = random.Random(f"pairs:{seed}")
+    if 2 * n_pairs >= total:
+        # Dense request: enumerate (rejection sampling would stall near the total).
+        pairs = [(i, j) for i in range(n_items) for j in range(i + 1, n_items)]
+        rng.shuffle(pairs)
+        return pairs[:n_pairs]
+    chosen: set[tuple[int, int]] = set()
+    out = []
+    while len(out) < n_pairs:
+        i, j = rng.sample(range(n_items), 2)
+        pair = (min(i, j), max(i, j))
+        if pair not in chosen:
+            chosen.add(pair)
+            out.append(pair)
+    return out
+
+
+# -- outputs --------------------------------------------------------------------------------------------
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NumPy scalars/arrays to Python, NaN/inf to null (strict JSON)."""
+    if isinstance(x, Mapping):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file and rename (nothing half-written is left behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows))
+
+
+def _with_intervals(fn, arrays, n_resamples: int, seed: int) -> dict[str, dict[str, float]]:
+    return bootstrap.bootstrap_cis(fn, tuple(np.asarray(a, np.float64) for a in arrays), n_resamples=n_resamples,
+                                   seed=seed)
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | Mapping], Sequence[Mapping]]], *,
+             scale: prompts.ConfidenceScale | str = "0-1", role_of: Mapping[str, str], n_pairs: int = 500,
+             seed: int = 0, batch_size: int = 16, n_resamples: int = 1000, out_dir: str | os.PathLike,
+             verbalized: bool = False, sampler=None, mesh=None, verbalized_max_new_tokens: int = 8,
+             resume: bool = False, tag: str = "", progress: bool = False) -> dict[str, Any]:
+    """Score both tasks on every dataset, compute metrics with bootstrap intervals, write the files.
+
+    Args:
+      model, tokenizer: the Decoder being evaluated and its tokenizer.
+      datasets: name -> (questions, sample records). Questions are Question objects or their JSON dicts;
+        sample records are dicts with at least ``id``, ``consistency`` and ``greedy: {answer, correct}``
+        (the sample stage's records). Every question needs a record; extra records are ignored.
+      scale: confidence scale (object or name).
+      role_of: name -> "in_domain" | "out_of_domain", for every dataset.
+      n_pairs: pairs per dataset for the pairwise task (fewer when the dataset has fewer pairs).
+      seed: seeds the pairs, their Q1/Q2 order and the bootstrap.
+      batch_size: rows per scoring call.
+      n_resamples: bootstrap resamples per metric set.
+      out_dir: where <dataset>.jsonl and metrics.json go.
+      verbalized: also generate a verbalized confidence / choice greedily (needs `sampler`).
+      mesh: optional mesh for batch-sharded scoring.
+      resume: reuse datasets already scored with the same fingerprint (see the module docstring).
+      tag: extra fingerprint text, e.g. the checkpoint step, so a newer model is never mistaken for an older.
+
+    Returns:
+      The metrics.json content as a dict.
+
+    Raises:
+      ValueError: an empty dataset (named), a missing or unknown role, a question without a sample
+        record (id named), a malformed record (field named), or a confidence scale whose labels cannot
+        be tokenized on their own by this tokenizer.
+    """
+    if not datasets:
+        raise ValueError("datasets is empty: nothing to evaluate")
+    if verbalized and sampler is None:
+        raise ValueError("verbalized=True needs a sampler")
+    if n_pairs < 0:
+        raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
+    scale = prompts.confidence_scale(scale) if isinstance(scale, str) else scale
+    # Start-up checks before any model call: labels, roles, inputs.
+    label_set = scoring.confidence_label_set(tokenizer, scale)
+    pair_set = scoring.pair_label_set(tokenizer)
+    prepared = {}
+    for name, value in datasets.items():
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"dataset {name!r}: expected (questions, sample_records)")
+        raw_questions, records = value
+        if not raw_questions:
+            raise ValueError(f"dataset {name!r} is empty: it has no questions to evaluate")
+        role = role_of.get(name)
+        if role not in ROLES:
+            raise ValueError(f"dataset {name!r}: role must be one of {ROLES}, got {role!r} (role_of)")
+        questions = [_as_question(q, name, i) for i, q in enumerate(raw_questions)]
+        ids = [q.id for q in questions]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"dataset {name!r}: question id {dup!r} appears more than once")
+        prepared[name] = (role, questions, _join_records(name, questions, records))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "ece_definition": metrics.ECE_DEFINITION,
+        "confidence": "expected value sum_k p_k v_k of the renormalized label distribution",
+        "scale": scale.name, "labels": list(scale.labels), "values": list(scale.values),
+        "label_tokens": [list(t) for t in label_set.token_ids], "label_terminator": label_set.terminator,
+        "pair_labels": list(prompts.PAIR_LABELS), "seed": seed, "n_resamples": n_resamples,
+        "interval": "95% percentile bootstrap (items for single, pairs for pairwise)",
+        "datasets": {},
+    }
+    for name, (role, questions, items) in prepared.items():
+        fingerprint = _fingerprint(questions, items, scale, n_pairs=n_pairs, seed=seed, n_resamples=n_resamples,
+                                   verbalized=verbalized, tag=tag)
+        done_path = out_dir / f"{name}.metrics.json"
+        if resume and done_path.is_file() and (out_dir / f"{name}.jsonl").is_file():
+            done = json.loads(done_path.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint and done.get("entry", {}).get("role") == role:
+                log.info("eval %s: already scored with the same inputs, reusing %s", name, done_path)
+                result["datasets"][name] = done["entry"]
+                continue
+        t0 = time.perf_counter()
+        entry, rows = _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pair_set,
+                                        n_pairs=n_pairs, seed=seed, batch_size=batch_size, n_resamples=n_resamples,
+                                        verbalized=verbalized, sampler=sampler, mesh=mesh,
+                                        max_new_tokens=verbalized_max_new_tokens, progress=progress)
+        _write_jsonl(out_dir / f"{name}.jsonl", rows)
+        entry["seconds"] = time.perf_counter() - t0
+        entry = _clean(entry)
+        write_text_atomic(done_path, json.dumps({"fingerprint": fingerprint, "entry": entry}) + "\n")
+        result["datasets"][name] = entry
+        log.info("eval %s: %d items, %d pairs, %.1fs", name, len(questions), entry["pairwise"]["n"],
+                 entry["seconds"])
+    result = _clean(result)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def _fingerprint(questions, items, scale, **settings) -> str:
+    """Hash of everything a dataset's eval output depends on, besides the model weights (`tag` names those)."""
+    payload = {"scale": [scale.name, list(scale.labels), list(scale.values)], "settings": settings,
+               "ece": metrics.ECE_DEFINITION,
+               "items": [[q.id, it["answer"], it["correct"], it["consistency"]] for q, it in zip(questions, items)]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pair_set, *, n_pairs, seed,
+                      batch_size, n_resamples, verbalized, sampler, mesh, max_new_tokens, progress):
+    answers = [it["answer"] for it in items]
+    correct = np.asarray([it["correct"] for it in items], np.float64)
+    consistency = np.asarray([it["consistency"] for it in items], np.float64)
+    scored = scoring.score_single(model, tokenizer, questions, answers, scale, batch_size, mesh=mesh,
+                                  progress=progress)
+    conf = metrics.validate_confidences([s["expected"] for s in scored], f"{name}: expected confidence")
+    argmax_conf = np.asarray([s["argmax_value"] for s in scored], np.float64)
+    entry: dict[str, Any] = {
+        "role": role, "n": len(questions),
+        "splits": {s: sum(q.split == s for q in questions) for s in sorted({q.split for q in questions})},
+        "single": {"n": len(questions), "metrics": _with_intervals(single_metric_fn, (conf, correct), n_resamples,
+                                                                   seed)},
+        "single_argmax": {"n": len(questions),
+                          "metrics": _with_intervals(single_metric_fn, (argmax_conf, correct), n_resamples, seed)},
+    }
+    rows = []
+    for q, it, s in zip(questions, items, scored):
+        rows.append({"task": "single", "id": q.id, "prompt_tokens": s["prompt_tokens"], "answer": it["answer"],
+                     "correct": it["correct"], "consistency": it["consistency"], "modal_correct": it["modal_correct"],
+                     "expected": s["expected"], "argmax_label": s["argmax_label"], "argmax_value": s["argmax_value"],
+                     "label_mass": s["label_mass"], "distribution": s["distribution"]})
+
+    # Pairwise: random pairs, random display order (position bias), p_q1 read at the choice slot.
+    index_pairs = sample_pairs(len(questions), n_pairs, seed)
+    shown = []
+    for a, b in index_pairs:
+        q1, q2, _ = prompts.order_pair(questions[a], questions[b], True, seed, f"{questions[a].id}|{questions[b].id}")
+        shown.append((a, b) if q1 is questions[a] else (b, a))
+    pairs = [(questions[i], questions[j]) for i, j in shown]
+    if pairs:
+        prefixes = [scoring.pairwise_prefix(tokenizer, q1, q2) for q1, q2 in pairs]
+        probs, mass = scoring.score_labels(model, tokenizer, prefixes, pair_set.token_ids, batch_size, mesh=mesh,
+                                           return_mass=True, progress=progress)
+        p_q1 = probs[:, 0]
+        i1, i2 = np.asarray([i for i, _ in shown]), np.asarray([j for _, j in shown])
+        arrays = (p_q1, consistency[i1], consistency[i2], correct[i1], correct[i2])
+        entry["pairwise"] = {"n": len(pairs), "n_consistency_differs": int(np.sum(consistency[i1] != consistency[i2])),
+                             "n_mixed": int(np.sum(correct[i1] != correct[i2])),
+                             "metrics": _with_intervals(pairwise_metric_fn, arrays, n_resamples, seed)}
+        for k, (i, j) in enumerate(shown):
+            higher = None if consistency[i] == consistency[j] else ("Q1" if consistency[i] > consistency[j] else "Q2")
+            rows.append({"task": "pairwise", "ids": [questions[i].id, questions[j].id],
+                         "prompt_tokens": len(prefixes[k]), "p_q1": p_q1[k], "label_mass": mass[k],
+                         "consistency": [consistency[i], consistency[j]], "correct": [bool(correct[i]),
+                                                                                     bool(correct[j])],
+                         "higher_consistency": higher})
+    else:
+        entry["pairwise"] = {"n": 0, "n_consistency_differs": 0, "n_mixed": 0, "metrics": {},
+                             "note": "fewer than two questions: no pairs"}
+
+    if verbalized:
+        _add_verbalized(entry, rows, sampler, questions, answers, correct, consistency, scale, shown, pairs,
+                        n_resamples, seed, max_new_tokens)
+    return entry, rows
+
+
+def _add_verbalized(entry, rows, sampler, questions, answers, correct, consistency, scale, shown, pairs,
+                    n_resamples, seed, max_new_tokens):
+    single = scoring.verbalized_single(sampler, questions, answers, scale, max_new_tokens)
+    ok = np.asarray([v is not None for v in single.values])
+    block: dict[str, Any] = {"n": len(questions), "n_parse_failures": single.n_failures, "metrics": {}}
+    if ok.any():
+        vals = np.asarray([v for v in single.values if v is not None], np.float64)
+        block["metrics"] = _with_intervals(single_metric_fn, (vals, correct[ok]), n_resamples, seed)
+    entry["verbalized_single"] = block
+    single_rows = [r for r in rows if r["task"] == "single"]
+    for r, v, t in zip(single_rows, single.values, single.texts):
+        r["verbalized"] = {"text": t, "value": v}
+    pair_block: dict[str, Any] = {"n": len(pairs), "n_parse_failures": 0, "metrics": {}}
+    if pairs:
+        choice = scoring.verbalized_pairwise(sampler, pairs, max_new_tokens=4)
+        pair_block["n_parse_failures"] = choice.n_failures
+        keep = [k for k, v in enumerate(choice.values) if v is not None]
+        if keep:
+            i1 = np.asarray([shown[k][0] for k in keep])
+            i2 = np.asarray([shown[k][1] for k in keep])
+            p = np.asarray([choice.values[k] for k in keep], np.float64)
+            pair_block["metrics"] = _with_intervals(
+                pairwise_metric_fn, (p, consistency[i1], consistency[i2], correct[i1], correct[i2]), n_resamples, seed)
+        pair_rows = [r for r in rows if r["task"] == "pairwise"]
+        for r, v, t in zip(pair_rows, choice.values, choice.texts):
+            r["verbalized"] = {"text": t, "p_q1": v}
+    entry["verbalized_pairwise"] = pair_block
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """Load an eval stage's metrics.json (or the one inside a directory), with a clear error if absent."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.json; run the eval stage first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
