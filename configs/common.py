@@ -38,3 +38,13 @@ def experiment(default_task: str, arg: str | None, **extra_defaults):
     c.train.steps = a.steps
     c.seed = a.seed
     return c, a
+
+
+def demo_fields(real_in=(), real_out=()):
+    """Demo-only fields: which real sets join when a data dir is given, and the conditions to run."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        real_in_domain=tuple(real_in), real_out_of_domain=tuple(real_out),
+        n_real_train=60, n_real_test=40,
+        conditions=("base", "single", "pairwise", "multitask")))

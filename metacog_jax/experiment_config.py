@@ -84,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 8  # global batch (rows)
     c.train.max_len = 512
     c.train.packing = True
+    c.train.loss_positions = 160  # logits only at <= this many weighted positions per row (0 = all)
     c.train.mix = 0.5  # share of pairwise examples in multitask runs
     c.train.lr = 1e-4
     c.train.warmup_steps = 10

@@ -43,6 +43,7 @@ class SamplingParams:
     num_samples: int = 1
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
+    greedy_first: bool = False  # sample 0 of each prompt is the greedy (temperature 0) answer
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -118,8 +119,9 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     cache = cache.repeat(k)
     logits = jnp.repeat(logits, k, axis=0)
     next_pos = jnp.repeat(positions[:, -1] + 1, k)
+    sample_index = jnp.tile(jnp.arange(k), b)
     row_keys = jax.vmap(jax.random.fold_in)(
-        jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.repeat(seeds, k)), jnp.tile(jnp.arange(k), b))
+        jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.repeat(seeds, k)), sample_index)
     stop = jnp.asarray(stop_ids, jnp.int32)
     pad = jnp.int32(pad_id)
 
@@ -131,6 +133,8 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
             filtered = filter_logits(logits / params.temperature, params.top_k, params.top_p)
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
             tok = jax.vmap(jax.random.categorical)(keys, filtered)
+            if params.greedy_first:
+                tok = jnp.where(sample_index == 0, jnp.argmax(logits, axis=-1), tok)
         return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
     def cond(carry):

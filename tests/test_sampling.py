@@ -114,3 +114,11 @@ def test_bad_params_fail_clearly():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
+
+
+def test_greedy_first_row_is_the_greedy_answer(sampler):
+    greedy = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=6, temperature=0.0), jax.random.key(0))
+    mixed = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=6, temperature=1.0, num_samples=3,
+                                                     greedy_first=True), jax.random.key(4))
+    assert [row[0].token_ids for row in mixed.completions] == [row[0].token_ids for row in greedy.completions]
+    assert any(row[1].token_ids != row[0].token_ids for row in mixed.completions)

@@ -310,9 +310,10 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
     _merge_questions(questions_path, questions)
 
     tokenizer = sampler.tokenizer
+    # With greedy=True the greedy answer is row 0 of the same call (greedy_first): one prefill serves the
+    # greedy answer and the K samples.
     sample_params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   num_samples=k)
-    greedy_params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, num_samples=1)
+                                   num_samples=k + 1 if greedy else k, greedy_first=greedy)
     key = jax.random.PRNGKey(seed)
     chunk_size = chunk_size or sampler.batch_size
     t0, tokens = time.perf_counter(), 0
@@ -329,13 +330,13 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                 seeds = [question_seed(seed, q.id) for q in chunk]
                 gen = sampler.generate(prompt_ids, sample_params, key, seeds=seeds)
                 tokens += sum(len(c.token_ids) for row in gen.completions for c in row)
-                greedy_texts: list[str | None] = [None] * len(chunk)
                 if greedy:
-                    g = sampler.generate(prompt_ids, greedy_params, key, seeds=seeds)
-                    greedy_texts = [row[0].text for row in g.completions]
-                    tokens += sum(len(row[0].token_ids) for row in g.completions)
+                    greedy_texts = [row[0].text for row in gen.completions]
+                    rows = [row[1:] for row in gen.completions]
+                else:
+                    greedy_texts, rows = [None] * len(chunk), gen.completions
                 lines = []
-                for q, row, greedy_text in zip(chunk, gen.completions, greedy_texts):
+                for q, row, greedy_text in zip(chunk, rows, greedy_texts):
                     record = {"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind,
                               **grade_samples(q, [c.text for c in row], greedy_text), **settings}
                     lines.append(json.dumps(record, ensure_ascii=False) + "\n")

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from metacog_jax.data import prompts
 from metacog_jax.data.prompts import ConfidenceScale, TemplateError
 from metacog_jax.data.records import Question
-from metacog_jax.sampling import Sampler, SamplingParams
+from metacog_jax.sampling import Sampler, SamplingParams, length_bucket
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +213,6 @@ def _label_logprobs(graphdef, state, tokens, prefix_len, node_depth, ancestor, r
     return jnp.sum(jnp.where(label_valid[None], token_lp, 0.0), axis=-1)
 
 
-def pow2_bucket(n: int, minimum: int = 16) -> int:
-    """Smallest power of two >= max(n, minimum) (power-of-two buckets: few compiled shapes)."""
-    b = 1 << max(minimum - 1, 0).bit_length()
-    while b < n:
-        b *= 2
-    return b
-
-
 def _pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
@@ -275,7 +267,7 @@ def label_logprobs(model, prefixes: Sequence[Sequence[int]], label_ids: Sequence
     t0 = time.perf_counter()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        length = pow2_bucket(max(len(prefixes[i]) for i in idx) + m, min_bucket)
+        length = length_bucket(max(len(prefixes[i]) for i in idx) + m, min_bucket)
         tokens = np.full((batch_size, length), pad_id, np.int32)
         prefix_len = np.ones((batch_size,), np.int32)  # filler rows: a one-token prefix of padding
         for r, i in enumerate(idx):

@@ -47,6 +47,7 @@ class BatchSource(Protocol):
     def get(self, step: int) -> dict[str, np.ndarray]: ...
 
 
+LOSS_KEYS = ("targets", "loss_weights", "task_ids", "decision_mask", "decision_value")
 BATCH_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_weights", "task_ids", "decision_mask",
               "decision_value")
 
@@ -112,12 +113,20 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
         raise ValueError("config train.loss.brier > 0 needs a confidence scale whose labels differ in one "
                          "decision token (e.g. data.confidence_scale='0-9')")
 
+    n_pos = int(config.train.loss_positions)
+
     def micro_loss(trainable, frozen, other, mb, step, n_tokens, n_dec):
         model = nnx.merge(graphdef, trainable, frozen, other)
         if dropout:
             nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(seed), step))
-        logits, _ = model(mb["tokens"], mb["positions"], segment_ids=mb["segment_ids"])
-        terms = losses.loss_terms(logits, mb, brier_weight=brier_w, label_token_ids=lab_ids,
+        hidden, _ = model(mb["tokens"], mb["positions"], segment_ids=mb["segment_ids"], return_hidden=True)
+        if n_pos:
+            # The LM head and softmax run only where the loss does: the (at most n_pos) weighted positions
+            # of each row, gathered first; the rest of the row carries no loss.
+            idx = jnp.argsort(mb["loss_weights"] <= 0, axis=1, stable=True)[:, :n_pos]
+            hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)
+            mb = {k: jnp.take_along_axis(v, idx, axis=1) for k, v in mb.items() if k in LOSS_KEYS}
+        terms = losses.loss_terms(model.logits(hidden), mb, brier_weight=brier_w, label_token_ids=lab_ids,
                                   label_values=lab_vals)
         objective = terms["ce_sum"] / n_tokens
         if brier_w > 0:
@@ -153,6 +162,15 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
         return trainable, opt_state, stats
 
     return step_fn
+
+
+def check_loss_positions(batch: dict, limit: int) -> None:
+    """The step computes logits at no more than `limit` weighted positions per row; fail rather than drop."""
+    if limit:
+        most = int((batch["loss_weights"] > 0).sum(axis=1).max())
+        if most > limit:
+            raise ValueError(f"a batch row has {most} loss positions but config train.loss_positions={limit}; "
+                             "raise it (or set 0 to compute logits everywhere)")
 
 
 class _Preempted:
@@ -231,6 +249,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: Batch
         while step < end:
             t0 = time.perf_counter()
             local = batches.get(step)
+            check_loss_positions(local, t.loss_positions)
             batch = sharding_lib.shard_batch({k: local[k] for k in BATCH_KEYS}, mesh)
             trainable, opt_state, stats = step_fn(trainable, opt_state, frozen, other, batch, step)
             step += 1

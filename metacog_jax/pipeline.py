@@ -1,0 +1,234 @@
+"""The stages of one experiment, each a function of (config, workdir) that the CLI and notebooks call.
+
+    sample   -> <data>/samples/<domain>.jsonl, <data>/questions/<domain>.jsonl
+    targets  -> <data>/targets/{single,pairwise}.jsonl, summary.json
+    train    -> <run>/checkpoints, <run>/train/metrics.jsonl (+ TensorBoard)
+    evaluate -> <run>/eval/<dataset>.jsonl, <run>/eval/metrics.json
+
+<data> is the directory holding the base model's samples and targets (shared by every condition);
+<run> is one condition's directory. By default they are the same. Each stage resumes: sampling skips
+finished questions, training restarts from its last checkpoint, evaluation skips datasets already scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from metacog_jax.data import prompts
+from metacog_jax.data.records import Question
+
+log = logging.getLogger(__name__)
+
+
+# -- questions ------------------------------------------------------------------------------------------
+def tfds_dir(config, data_workdir: Path) -> Path:
+    return Path(config.data.tfds_dir) if config.data.tfds_dir else Path(data_workdir) / "tfds"
+
+
+def load_domain_questions(config, data_workdir: Path) -> dict[str, list[Question]]:
+    """In-domain: n_train train + n_test test questions; out-of-domain: n_test test questions."""
+    from metacog_jax.data.sources import load_questions
+
+    manual = config.data.manual_dir or None
+    out = {}
+    d = config.data
+    for name in d.domains:
+        train = load_questions(name, manual, tfds_dir(config, data_workdir), "train", n=d.n_train, seed=config.seed,
+                               test_fraction=d.test_fraction)
+        test = load_questions(name, manual, tfds_dir(config, data_workdir), "test", n=d.n_test, seed=config.seed,
+                              test_fraction=d.test_fraction)
+        out[name] = train + test
+    for name in d.ood_domains:
+        if name in out:
+            raise ValueError(f"config lists {name!r} both in data.domains and data.ood_domains")
+        out[name] = load_questions(name, manual, tfds_dir(config, data_workdir), "test", n=d.n_test,
+                                   seed=config.seed, test_fraction=d.test_fraction)
+    return out
+
+
+def tokenizer_for(config):
+    from metacog_jax.models.build import tokenizer_from_spec
+
+    return tokenizer_from_spec(config.model.tokenizer if config.model.name == "random" else config.model.name)
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+def stage_sample(config, data_workdir: str | Path, model=None) -> dict:
+    """K samples per question at temperature T for every configured domain, graded and cached."""
+    from metacog_jax.data.self_consistency import sample_questions
+    from metacog_jax.models.build import build_model
+    from metacog_jax.sampling import Sampler
+
+    data_workdir = Path(data_workdir)
+    loaded = model or build_model(config)
+    sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=config.sample.batch_size)
+    summaries = {}
+    for domain, questions in load_domain_questions(config, data_workdir).items():
+        s = config.sample
+        summary = sample_questions(sampler, questions, data_workdir / "samples" / f"{domain}.jsonl", k=s.k,
+                                   temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                   seed=config.seed, model_name=config.model.name)
+        log.info("%s: %s", domain, summary.format())
+        summaries[domain] = summary.format()
+    return summaries
+
+
+def stage_targets(config, data_workdir: str | Path) -> dict:
+    """Consistency-bin targets and pairs from the cached samples (in-domain train split for training)."""
+    from metacog_jax.data import targets as targets_lib
+
+    data_workdir = Path(data_workdir)
+    samples, questions = targets_lib.load_sampled(data_workdir, domains=list(config.data.domains))
+    t = config.targets
+    single, pairwise, summary = targets_lib.build_targets(
+        samples, questions, n_bins=t.n_bins, jitter=t.jitter, mode=t.mode, balance=t.balance,
+        max_per_bin=t.max_per_bin or None, pairs_per_question=t.pairs_per_question, seed=config.seed)
+    targets_lib.write_targets(data_workdir, single, pairwise, summary)
+    return summary
+
+
+def make_batches(config, data_workdir: Path, tokenizer, split: str = "train"):
+    """BatchBuilder over the targets of `split`, restricted to the config's task."""
+    from metacog_jax.data import batching
+    from metacog_jax.data import targets as targets_lib
+
+    single, pairwise, _ = targets_lib.read_targets(data_workdir)
+    _, questions = targets_lib.load_sampled(data_workdir, domains=list(config.data.domains))
+    scale = prompts.confidence_scale(config.data.confidence_scale)
+    task = config.train.task
+    if task == "single":
+        pairwise, mix = [], 0.0
+    elif task == "pairwise":
+        single, mix = [], 1.0
+    else:
+        mix = config.train.mix
+    enc_s, enc_p = batching.encode_targets(tokenizer, questions, single, pairwise, scale, split=split)
+    if not enc_s and not enc_p:
+        raise ValueError(f"no {split} targets for task {task!r} in {data_workdir / 'targets'}; run "
+                         "`metacog targets` first")
+    lw = config.train.loss
+    weights = batching.LossWeights(w_format=lw.format, w_answer=lw.answer, w_confidence=lw.confidence,
+                                   w_choice=lw.choice, w_single=lw.single, w_pairwise=lw.pairwise)
+    builder = batching.BatchBuilder(
+        enc_s, enc_p, batch_size=config.train.batch_size, max_len=config.train.max_len, mix=mix,
+        packing=config.train.packing, seed=config.seed, weights=weights, shard_index=jax.process_index(),
+        shard_count=jax.process_count(), skip_too_long=True,
+        pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0))
+    label_info = batching.scale_decision_tokens(tokenizer, scale) if config.train.loss.brier > 0 else None
+    return builder, label_info
+
+
+def stage_train(config, run_workdir: str | Path, data_workdir: str | Path | None = None,
+                stop_after: int | None = None) -> dict:
+    from metacog_jax.train.trainer import train
+
+    run_workdir = Path(run_workdir)
+    data_workdir = Path(data_workdir or run_workdir)
+    if config.train.task == "none" or config.train.steps == 0:
+        return {"skipped": "train.task is 'none' (base condition)"}
+    tokenizer = tokenizer_for(config)
+    builder, label_info = make_batches(config, data_workdir, tokenizer)
+    log.info("batches: %s", builder.stats)
+    ids, values = label_info if label_info is not None else (None, None)
+    summary = train(config, run_workdir, builder, label_token_ids=ids, label_values=values, stop_after=stop_after)
+    summary.pop("model", None)
+    summary["batch_stats"] = {k: v for k, v in dict(builder.stats).items() if not isinstance(v, (list, dict))}
+    return summary
+
+
+def model_for_eval(config, run_workdir: Path):
+    """The base model (task 'none') or the base model with the run's newest checkpoint applied."""
+    from metacog_jax.models.build import build_model
+    from metacog_jax.train.trainer import restore_trained_model
+
+    from metacog_jax.models.lora import merge_lora
+
+    if config.train.task == "none" or config.train.steps == 0:
+        return build_model(config), 0
+    loaded, step = restore_trained_model(config, run_workdir)
+    # Adapters folded into the kernels: the same graph as the base model, so every condition reuses the
+    # compiled scoring and sampling functions, and a forward pass costs no extra LoRA matmuls.
+    merge_lora(loaded.model)
+    return loaded, step
+
+
+def done_marker(path: Path) -> Path:
+    return path / "DONE"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def config_summary(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def eval_datasets(config, data_workdir: Path) -> tuple[dict, dict]:
+    """{dataset: (test questions, base-model sample records)} and {dataset: role}."""
+    from metacog_jax.data import targets as targets_lib
+
+    names = list(config.data.domains) + list(config.data.ood_domains)
+    samples, questions = targets_lib.load_sampled(data_workdir, domains=names)
+    by_domain: dict[str, list] = {n: [] for n in names}
+    for rec in samples:
+        if rec["split"] == "test" and rec["domain"] in by_domain:
+            by_domain[rec["domain"]].append(rec)
+    datasets, roles = {}, {}
+    for n in names:
+        recs = by_domain[n]
+        if not recs:
+            raise ValueError(f"no test-split samples for dataset {n!r} in {data_workdir / 'samples'}; "
+                             "run `metacog sample` first")
+        datasets[n] = ([questions[r["id"]] for r in recs], recs)
+        roles[n] = "in_domain" if n in config.data.domains else "out_of_domain"
+    return datasets, roles
+
+
+def regrade_greedy(sampler, questions: list[Question], records: list[dict], max_new_tokens: int) -> list[dict]:
+    """Copies of `records` whose greedy answer comes from `sampler`'s model (a fine-tuned model answers
+    for itself; consistency stays the base model's, which defines the pairwise ranking)."""
+    from metacog_jax.data.grading import grade
+    from metacog_jax.sampling import SamplingParams
+
+    ids = [sampler.tokenizer.encode(prompts.answer_prompt(sampler.tokenizer, q), add_special_tokens=False)
+           for q in questions]
+    gen = sampler.generate(ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
+                           jax.random.key(0))
+    out = []
+    for q, rec, row in zip(questions, records, gen.completions):
+        g = grade(q, row[0].text)
+        out.append(dict(rec, greedy={"text": row[0].text, "answer": g.normalized, "correct": g.correct}))
+    return out
+
+
+def stage_eval(config, run_workdir: str | Path, data_workdir: str | Path | None = None) -> dict:
+    """Score both tasks on every in-domain test set and out-of-domain set; write <run>/eval/."""
+    from metacog_jax.evaluation.run import evaluate
+    from metacog_jax.sampling import Sampler
+
+    run_workdir = Path(run_workdir)
+    data_workdir = Path(data_workdir or run_workdir)
+    datasets, roles = eval_datasets(config, data_workdir)
+    loaded, step = model_for_eval(config, run_workdir)
+    sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=config.sample.batch_size)
+    if step > 0:
+        datasets = {n: (qs, regrade_greedy(sampler, qs, recs, config.sample.max_new_tokens))
+                    for n, (qs, recs) in datasets.items()}
+    e = config.eval
+    metrics = evaluate(loaded.model, loaded.tokenizer, datasets, scale=config.data.confidence_scale,
+                       role_of=roles, n_pairs=e.n_pairs, seed=config.seed, batch_size=e.batch_size,
+                       n_resamples=e.n_resamples, out_dir=run_workdir / "eval", verbalized=e.verbalized,
+                       sampler=sampler if e.verbalized else None, progress=True, resume=True,
+                       tag=f"step {step}")
+    metrics["checkpoint_step"] = step
+    return metrics
