@@ -18,4 +18,5 @@ def get_config(arg=None):
     c.train.batch_size, c.train.max_len, c.train.checkpoint_every = 4, 384, 2
     c.train.peak_flops = 1e11  # skip the start-up matmul measurement
     c.eval.n_pairs, c.eval.n_resamples, c.eval.batch_size = 12, 50, 4
+    c.demo = common.demo_fields()  # so `metacog demo --config=configs/tiny.py` runs every stage in seconds
     return c
