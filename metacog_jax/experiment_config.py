@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.n_train = 200  # questions per in-domain domain, train split
     c.data.n_test = 60  # questions per domain (in-domain test split and each out-of-domain set)
     c.data.test_fraction = 0.15
+    c.data.procedural_levels = (1, 2, 3, 4, 5)  # difficulty levels drawn (cyclically) by procedural domains
     c.data.confidence_scale = "0-1"
 
     c.sample = ml_collections.ConfigDict()

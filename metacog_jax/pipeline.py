@@ -38,17 +38,15 @@ def load_domain_questions(config, data_workdir: Path) -> dict[str, list[Question
     manual = config.data.manual_dir or None
     out = {}
     d = config.data
+    kw = dict(seed=config.seed, test_fraction=d.test_fraction, levels=tuple(d.procedural_levels))
+    where = tfds_dir(config, data_workdir)
     for name in d.domains:
-        train = load_questions(name, manual, tfds_dir(config, data_workdir), "train", n=d.n_train, seed=config.seed,
-                               test_fraction=d.test_fraction)
-        test = load_questions(name, manual, tfds_dir(config, data_workdir), "test", n=d.n_test, seed=config.seed,
-                              test_fraction=d.test_fraction)
-        out[name] = train + test
+        out[name] = (load_questions(name, manual, where, "train", n=d.n_train, **kw)
+                     + load_questions(name, manual, where, "test", n=d.n_test, **kw))
     for name in d.ood_domains:
         if name in out:
             raise ValueError(f"config lists {name!r} both in data.domains and data.ood_domains")
-        out[name] = load_questions(name, manual, tfds_dir(config, data_workdir), "test", n=d.n_test,
-                                   seed=config.seed, test_fraction=d.test_fraction)
+        out[name] = load_questions(name, manual, where, "test", n=d.n_test, **kw)
     return out
 
 

@@ -163,8 +163,8 @@ def _read_built(name: str, builder: Any, test_fraction: float) -> list[Question]
 
 def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
                    tfds_dir: str | os.PathLike[str], split: str, n: int | None = None,
-                   seed: int = 0, *, test_fraction: float = splits.DEFAULT_TEST_FRACTION
-                   ) -> list[Question]:
+                   seed: int = 0, *, test_fraction: float = splits.DEFAULT_TEST_FRACTION,
+                   levels: Sequence[int] | None = None) -> list[Question]:
     """Loads one domain's questions for one split.
 
     Args:
@@ -181,6 +181,7 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
         exactly ``n`` (``PROCEDURAL_DEFAULT_N`` when None).
       seed: subsampling seed; the generation seed for procedural domains.
       test_fraction: share held out as test where splits are hashed.
+      levels: procedural domains only: difficulty levels to draw from (default all).
 
     Returns:
       Questions in source-file order.
@@ -195,7 +196,7 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if info.procedural:
         return procedural.generate(name, PROCEDURAL_DEFAULT_N if n is None else n, seed, split,
-                                   test_fraction=test_fraction)
+                                   test_fraction=test_fraction, levels=tuple(levels or procedural.LEVELS))
     questions: list[Question] = []
     for builder in builders(name, manual_dir, tfds_dir):
         questions.extend(_read_built(name, builder, test_fraction))
