@@ -1,10 +1,12 @@
 """Tokens/s of our compiled sampler vs Hugging Face `generate` (PyTorch), same weights, batch and lengths.
 
-Both run SmolLM2-135M-Instruct dequantized from the embedded GGUF, in float32, greedy, on the same
-prompts (different lengths, left-padded), generating exactly --new_tokens tokens per prompt (EOS ignored
-on both sides so the work is identical). Compilation / warm-up is excluded from both timings.
+Both run SmolLM2-135M-Instruct dequantized from the embedded GGUF, in float32, on the same prompts
+(different lengths, left-padded), generating exactly --new_tokens tokens per sequence (EOS ignored on
+both sides so the work is identical). The default is the method's setting: K=10 samples per prompt at
+temperature 1 (HF: num_return_sequences=10, top_k=0); --samples 1 compares greedy decoding. Compilation
+and warm-up are excluded from both timings.
 
-    .venv/bin/python benchmarks/generation.py [--batch 16] [--new_tokens 40] [--samples 1]
+    .venv/bin/python benchmarks/generation.py [--batch 16] [--new_tokens 40] [--samples 10]
 
 Prints both absolute figures, their ratio, and the machine. A benchmark, not a test.
 """
@@ -34,6 +36,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new_tokens", type=int, default=40)
+    ap.add_argument("--samples", type=int, default=10,
+                    help="K samples per prompt at temperature 1 (the method's setting); 1 = greedy")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=str, default="")
     args = ap.parse_args()
@@ -51,7 +55,9 @@ def main():
     sampler = Sampler(ours.model, ours.tokenizer, batch_size=args.batch)
     questions = (QUESTIONS * (args.batch // len(QUESTIONS) + 1))[:args.batch]
     prompts = [sampler.encode_chat([{"role": "user", "content": q}]) for q in questions]
-    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
+    k = args.samples
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0 if k > 1 else 0.0, num_samples=k,
+                            ignore_eos=True)
     key = jax.random.key(0)
 
     sampler.generate(prompts, params, key)  # compile
@@ -64,18 +70,24 @@ def main():
 
     def hf_generate():
         with torch.no_grad():
+            if k == 1:
+                return hf.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                   do_sample=False, pad_token_id=tok.pad_token_id)
+            # Pure temperature-1 sampling on both sides (HF's default top_k=50 switched off).
             return hf.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                               do_sample=False, pad_token_id=tok.pad_token_id)
+                               do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=k,
+                               pad_token_id=tok.pad_token_id)
 
     hf_generate()  # warm-up
     t_hf = best_of(hf_generate, args.repeats)
 
-    n = args.batch * args.new_tokens
-    result = {"machine": machine(), "torch_threads": torch.get_num_threads(), "batch": args.batch,
+    n = args.batch * k * args.new_tokens
+    result = {"machine": machine(), "torch_threads": torch.get_num_threads(), "batch": args.batch, "samples": k,
               "new_tokens": args.new_tokens, "ours_tokens_per_s": n / t_ours, "hf_tokens_per_s": n / t_hf,
               "ratio": t_hf / t_ours, "ours_seconds": t_ours, "hf_seconds": t_hf}
     print(f"machine: {result['machine']} (torch threads {result['torch_threads']})")
-    print(f"batch {args.batch} x {args.new_tokens} new tokens, greedy, float32, SmolLM2-135M-Instruct")
+    mode = "greedy" if k == 1 else f"{k} samples per prompt at temperature 1"
+    print(f"{args.batch} prompts x {args.new_tokens} new tokens, {mode}, float32, SmolLM2-135M-Instruct")
     print(f"  metacog_jax sampler : {result['ours_tokens_per_s']:8.1f} tokens/s ({t_ours:.2f} s)")
     print(f"  HF generate (torch) : {result['hf_tokens_per_s']:8.1f} tokens/s ({t_hf:.2f} s)")
     print(f"  ratio ours / HF     : {result['ratio']:.2f}x")

@@ -91,6 +91,17 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
+def sample_inverse_cdf(logits: jax.Array, keys: jax.Array) -> jax.Array:
+    """One token per row of logits [R, V] drawn from softmax(logits), with one uniform per row (key [R]).
+
+    Exact categorical sampling by inverting the cumulative distribution: several times cheaper on CPU
+    than jax.random.categorical, which draws V Gumbel variates per row.
+    """
+    cdf = jnp.cumsum(jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), axis=-1)
+    u = jax.vmap(lambda k: jax.random.uniform(k, minval=1e-7))(keys) * cdf[:, -1]
+    return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), logits.shape[-1] - 1)
+
+
 def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int):
     """tokens, segment ids (1 real, 0 pad), positions: int32 [rows, length]; prompts right-aligned."""
     tokens = np.full((rows, length), pad_id, np.int32)
@@ -126,16 +137,19 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     pad = jnp.int32(pad_id)
 
     def choose(logits, step):
-        logp = jax.nn.log_softmax(logits, axis=-1)
+        # log p(token) under the untempered model, from one logsumexp (no [R, V] log-softmax kept).
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        greedy_tok = jnp.argmax(logits, axis=-1)
         if params.temperature == 0.0:
-            tok = jnp.argmax(logits, axis=-1)
+            tok = greedy_tok
         else:
-            filtered = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+            z = filter_logits(logits / params.temperature, params.top_k, params.top_p)
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-            tok = jax.vmap(jax.random.categorical)(keys, filtered)
+            tok = sample_inverse_cdf(z, keys)
             if params.greedy_first:
-                tok = jnp.where(sample_index == 0, jnp.argmax(logits, axis=-1), tok)
-        return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+                tok = jnp.where(sample_index == 0, greedy_tok, tok)
+        tok = tok.astype(jnp.int32)
+        return tok, jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - lse
 
     def cond(carry):
         step, _, _, _, _, _, done, _ = carry

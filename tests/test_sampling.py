@@ -122,3 +122,13 @@ def test_greedy_first_row_is_the_greedy_answer(sampler):
                                                      greedy_first=True), jax.random.key(4))
     assert [row[0].token_ids for row in mixed.completions] == [row[0].token_ids for row in greedy.completions]
     assert any(row[1].token_ids != row[0].token_ids for row in mixed.completions)
+
+
+def test_inverse_cdf_sampling_matches_softmax():
+    probs = np.array([0.5, 0.25, 0.15, 0.1, 0.0])
+    logits = jnp.log(jnp.asarray(np.tile(probs, (20000, 1)), jnp.float32))
+    keys = jax.random.split(jax.random.key(0), 20000)
+    draws = np.asarray(sampling.sample_inverse_cdf(logits, keys))
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    np.testing.assert_allclose(freq, probs, atol=0.012)  # ~4 standard errors at n=20000
+    assert freq[4] == 0.0  # a zero-probability token is never drawn
