@@ -67,9 +67,17 @@ def run_demo(config, workdir: str | Path) -> dict:
     _stage("sample", data / "samples" / "DONE", lambda: pipeline.stage_sample(config, data))
     summary = _stage("targets", data / "targets" / "DONE", lambda: pipeline.stage_targets(config, data))
     print(format_summary(summary))
+    from metacog_jax.data.targets import read_targets
+
+    single, pairwise, _ = read_targets(data)
+    has_pairs = any(r["split"] == "train" for r in pairwise)
     runs = {}
     for task in config.demo.conditions:
         name = CONDITION_NAMES[task]
+        if task in ("pairwise", "multitask") and not has_pairs:
+            print(f"[demo] {name}: skipped, no training pairs (every training question has the same "
+                  "consistency bin, so no pair has a better question)")
+            continue
         run = workdir / task
         c = condition_config(config, task)
         run.mkdir(parents=True, exist_ok=True)
@@ -83,5 +91,5 @@ def run_demo(config, workdir: str | Path) -> dict:
     print(format_main_table(report))
     minutes = (time.perf_counter() - t_start) / 60
     print(f"\n[demo] report: {workdir / 'report' / 'report.md'}; reliability diagrams: "
-          f"{workdir / 'report'}/*.png; this invocation took {minutes:.1f} min")
+          f"{workdir / 'report' / 'figures'}/*.png; this invocation took {minutes:.1f} min")
     return report

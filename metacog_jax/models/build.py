@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import jax
 import ml_collections
+from flax import nnx
 
 from metacog_jax import sharding as sharding_lib
 from metacog_jax.models import decoder
@@ -45,7 +45,7 @@ def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
     if c.model.name == "random":
         cfg = random_model_config(c.model.random)
         dt, pdt = decoder.parse_dtype(c.model.dtype), decoder.parse_dtype(c.model.param_dtype)
-        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=__import__("flax").nnx.Rngs(c.seed))
+        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(c.seed))
         if mesh is not None:
             model = sharding_lib.init_sharded(factory, mesh, rules)
         else:
@@ -56,7 +56,3 @@ def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
                              f"vocabulary ({tok.vocab_size}) from {c.model.tokenizer!r}")
         return LoadedModel(model, tok, cfg, "random")
     return load_model(c.model.name, dtype=c.model.dtype, param_dtype=c.model.param_dtype, mesh=mesh, rules=rules)
-
-
-def local_device_count() -> int:
-    return jax.local_device_count()
