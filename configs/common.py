@@ -46,5 +46,4 @@ def demo_fields(real_in=(), real_out=()):
 
     return ml_collections.ConfigDict(dict(
         real_in_domain=tuple(real_in), real_out_of_domain=tuple(real_out),
-        n_real_train=60, n_real_test=40,
         conditions=("base", "single", "pairwise", "multitask")))

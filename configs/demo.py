@@ -21,24 +21,24 @@ REAL_OUT_OF_DOMAIN = ("medqa", "legalbench", "truthfulqa")
 
 
 def get_config(arg=None):
-    c, a = common.experiment("multitask", arg, quick=False, real=True, steps=40)
-    c.data.n_train, c.data.n_test = 160, 60
+    c, a = common.experiment("multitask", arg, quick=False, real=True, steps=24)
+    c.data.n_train, c.data.n_test = 120, 50
     # SmolLM2-135M gets about a third of level-1 sums/products right and few level-2 ones: a mix it is
     # sometimes right and sometimes wrong on, which is what confidence can be learned from.
     c.data.procedural_levels = (1, 1, 2)
-    c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 10, 24, 16
+    c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 10, 20, 16
     c.targets.balance = False  # keep every training question; the demo's sets are small
     # LoRA on the top third of the layers: backward stops there, which keeps a CPU step short.
     c.train.lora.targets = r"layers\.(2[0-9])\..*(q_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
     c.train.lora.rank, c.train.lora.alpha = 8, 16.0
     c.train.batch_size, c.train.max_len, c.train.lr, c.train.warmup_steps = 4, 512, 5e-4, 4
-    c.train.checkpoint_every = 10
-    c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 150, 8, 500
+    c.train.checkpoint_every = 8
+    c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 100, 8, 500
     if a.quick:
-        c.data.n_train, c.data.n_test = 40, 24
-        c.sample.k, c.sample.max_new_tokens = 5, 16
-        c.train.steps, c.train.checkpoint_every = 6, 3
-        c.eval.n_pairs, c.eval.n_resamples = 40, 200
+        c.data.n_train, c.data.n_test = 32, 16
+        c.sample.k, c.sample.max_new_tokens = 4, 12
+        c.train.steps, c.train.checkpoint_every = 4, 2
+        c.eval.n_pairs, c.eval.n_resamples = 16, 200
     c.demo = common.demo_fields(real_in=REAL_IN_DOMAIN if a.real else (),
                                 real_out=REAL_OUT_OF_DOMAIN if a.real else ())
     return c
