@@ -1,0 +1,228 @@
+"""Paper 2: explanation styles, the rule that picks one from the model's confidence, item selection
+balanced over confidence bins, and the second-turn generation of explanations (METHOD.md, paper 2).
+
+Styles (names from ``study.STYLE_NAMES``): "default" — "Provide an explanation for the answer you
+gave. In your explanation, you must include the answer." — and the 3 x 3 modified styles
+``{certainty}_{length}``: certainty not_sure / somewhat_sure / sure (the certainty the explanation
+must express), length long (a full explanation), short (a very short explanation with as few words as
+possible) or uncertainty_only (no explanation, only the certainty and the answer: "I am not sure the
+answer is B."). Every template is a string with an ``{answer}`` placeholder; the defaults are
+:func:`default_templates`, and a config may replace any of them (``configs/explain.py``).
+
+Generation is a second turn of one conversation: [user: the answer prompt, assistant: "The answer is
+X.", user: the style's instruction] -> greedy continuation. Default and long styles get
+``max_new_tokens_long`` tokens, short and uncertainty_only styles ``max_new_tokens_short``.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import jax
+
+from metacog_jax.data import prompts
+from metacog_jax.data.records import Question
+from metacog_jax.perception.study import CERTAINTY_LEVELS, LENGTHS, STYLE_NAMES
+from metacog_jax.sampling import Sampler, SamplingParams
+
+T = TypeVar("T")
+
+DEFAULT_STYLE = "default"
+# Defaults of the selection rule: p <= 0.4 "not sure", 0.4 < p <= 0.6 "somewhat sure", else "sure".
+# METHOD.md leaves the thresholds to the config; these split the probability scale around 0.5
+# symmetrically, so "sure" is said only when the model puts more than 60% on its answer.
+DEFAULT_THETA1 = 0.4
+DEFAULT_THETA2 = 0.6
+SHORT_LENGTHS = ("short", "uncertainty_only")
+
+_CERTAINTY_WORDS = {"not_sure": "not sure", "somewhat_sure": "somewhat sure", "sure": "sure"}
+_DEFAULT_TEMPLATE = ("Provide an explanation for the answer you gave. In your explanation, you must "
+                     "include the answer.")
+_LENGTH_TEMPLATES = {
+    "long": ("Write an explanation why you are {c} that the answer is {{answer}}. In your explanation, "
+             "mention that you are {c} and include the answer. Start with 'I am'."),
+    "short": ("Write a very short explanation, with as few words as possible, why you are {c} that the "
+              "answer is {{answer}}. In your explanation, mention that you are {c} and include the "
+              "answer. Start with 'I am'."),
+    "uncertainty_only": ("Do not explain your answer. Only say, in one short sentence, that you are {c} "
+                         "that the answer is {{answer}}, for example 'I am {c} the answer is {{answer}}.' "
+                         "Start with 'I am'."),
+}
+
+
+def style_name(certainty: str, length: str) -> str:
+    """"{certainty}_{length}", checked against study.STYLE_NAMES."""
+    name = f"{certainty}_{length}"
+    if name not in STYLE_NAMES:
+        raise ValueError(f"no style {name!r}: certainty must be one of {CERTAINTY_LEVELS}, length one of {LENGTHS}")
+    return name
+
+
+def default_templates() -> dict[str, str]:
+    """Style name -> instruction template (``{answer}`` is replaced by the model's answer), for every
+    style in study.STYLE_NAMES."""
+    out = {DEFAULT_STYLE: _DEFAULT_TEMPLATE}
+    for certainty in CERTAINTY_LEVELS:
+        for length in LENGTHS:
+            out[style_name(certainty, length)] = _LENGTH_TEMPLATES[length].format(c=_CERTAINTY_WORDS[certainty])
+    return out
+
+
+def check_templates(templates: Mapping[str, str]) -> dict[str, str]:
+    """The templates as a plain dict, after checking that every style has one, no unknown style is
+    given, and each template's only placeholder is ``{answer}``.
+
+    Raises:
+      ValueError: naming the style and what is wrong.
+    """
+    templates = dict(templates)
+    missing = [s for s in STYLE_NAMES if s not in templates]
+    unknown = [s for s in templates if s not in STYLE_NAMES]
+    if missing or unknown:
+        raise ValueError(f"explanation templates: missing styles {missing}, unknown styles {unknown}; "
+                         f"expected exactly {list(STYLE_NAMES)}")
+    for style, text in templates.items():
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"explanation template {style!r} must be a non-empty string")
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        bad = [f for f in fields if f != "answer"]
+        if bad:
+            raise ValueError(f"explanation template {style!r} has placeholders {bad}; only {{answer}} is filled "
+                             "(write literal braces as {{ and }})")
+    return templates
+
+
+def instruction(templates: Mapping[str, str], style: str, answer: str) -> str:
+    """The second-turn instruction of `style` for the model's `answer` (e.g. "B")."""
+    if style not in templates:
+        raise ValueError(f"no template for explanation style {style!r}")
+    return templates[style].format(answer=answer)
+
+
+def select_style(p: float, theta1: float = DEFAULT_THETA1, theta2: float = DEFAULT_THETA2,
+                 length: str = "long") -> str:
+    """The modified style whose expressed certainty matches model confidence `p` (METHOD.md):
+    "not_sure" if p <= theta1, "somewhat_sure" if theta1 < p <= theta2, else "sure"; joined with `length`.
+
+    Raises:
+      ValueError: p outside [0, 1], thresholds not 0 <= theta1 <= theta2 <= 1, or an unknown length.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"model confidence p={p} is outside [0, 1]")
+    if not 0.0 <= theta1 <= theta2 <= 1.0:
+        raise ValueError(f"selection thresholds must satisfy 0 <= theta1 <= theta2 <= 1, got {theta1}, {theta2}")
+    if length not in LENGTHS:
+        raise ValueError(f"explanation length {length!r} is not one of {LENGTHS}")
+    certainty = "not_sure" if p <= theta1 else "somewhat_sure" if p <= theta2 else "sure"
+    return style_name(certainty, length)
+
+
+def confidence_bin(p: float, n_bins: int) -> int:
+    """Index of the equal-width bin of [0, 1] holding p (p = 1 falls in the last bin)."""
+    return min(int(p * n_bins), n_bins - 1)
+
+
+def stratified_order(items: Sequence[T], n_bins: int, seed: int = 0,
+                     confidence: Callable[[T], float] = lambda item: item["model_confidence"]) -> list[int]:
+    """Indices of all `items` in the order a confidence-balanced sample draws them.
+
+    Items are grouped into `n_bins` equal-width bins of [0, 1] by `confidence(item)` and shuffled within
+    each bin (seeded). The order then takes one item from every bin that still has one, in a seeded
+    random order of the bins, round after round. So any prefix of length n is as balanced over the bins
+    as the bins allow: every non-empty bin gets n // b or n // b + 1 items (b = bins still holding items),
+    and a bin with too few items gives all it has while its share goes to the other bins, round by round.
+    The first n entries are exactly :func:`stratified_sample`'s choice.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    rng = random.Random(f"stratified:{seed}")
+    bins: list[list[int]] = [[] for _ in range(n_bins)]
+    for i, item in enumerate(items):
+        p = float(confidence(item))
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"items[{i}]: confidence {p} is outside [0, 1]")
+        bins[confidence_bin(p, n_bins)].append(i)
+    for members in bins:
+        rng.shuffle(members)
+    order: list[int] = []
+    depth = 0
+    while len(order) < len(items):
+        live = [b for b in range(n_bins) if len(bins[b]) > depth]
+        rng.shuffle(live)
+        order.extend(bins[b][depth] for b in live)
+        depth += 1
+    return order
+
+
+def stratified_sample(items: Sequence[T], n: int, n_bins: int, seed: int = 0,
+                      confidence: Callable[[T], float] = lambda item: item["model_confidence"]) -> list[T]:
+    """Up to `n` items balanced across `n_bins` equal-width confidence bins of [0, 1].
+
+    The paper balanced its items across model-confidence bins; this draws round-robin over the bins
+    (see :func:`stratified_order`). When bins run short the others fill in, so min(n, len(items)) items
+    come back, as balanced as the pool allows. Items are returned in their original (pool) order.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    chosen = sorted(stratified_order(items, n_bins, seed, confidence)[:n])
+    return [items[i] for i in chosen]
+
+
+def answer_user_text(q: Question) -> str:
+    """The user text of the answer prompt (prompts.answer_prompt without the chat wrapping)."""
+    return prompts.question_block(q) + "\n\n" + prompts.ANSWER_INSTRUCTION.format(hint=prompts.answer_hint(q))
+
+
+def conversation(q: Question, answer: str, style_instruction: str) -> list[dict[str, str]]:
+    """[user: answer prompt, assistant: "The answer is {answer}.", user: style instruction]."""
+    return [{"role": "user", "content": answer_user_text(q)},
+            {"role": "assistant", "content": f"The answer is {answer}."},
+            {"role": "user", "content": style_instruction}]
+
+
+def max_new_tokens_for(style: str, long_tokens: int, short_tokens: int) -> int:
+    """Generation budget of a style: short and uncertainty-only styles get `short_tokens`."""
+    return short_tokens if any(style.endswith("_" + length) for length in SHORT_LENGTHS) else long_tokens
+
+
+def generate_explanations(sampler: Sampler, questions: Sequence[Question], answers: Sequence[str],
+                          styles: Sequence[str], templates: Mapping[str, str], *, max_new_tokens_long: int,
+                          max_new_tokens_short: int, progress: bool = False) -> list[dict[str, str]]:
+    """Greedy second-turn explanations of every style for every (question, answer).
+
+    Prompts of one generation budget are sorted by length and generated in chunks of the sampler's
+    batch size (a tqdm bar over chunks when `progress`).
+
+    Returns:
+      N dicts style -> generated text (stripped of surrounding whitespace; may be empty when the model
+      stops at once).
+    """
+    if len(questions) != len(answers):
+        raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
+    templates = check_templates(templates)
+    jobs: dict[int, list[tuple[int, str, list[int]]]] = {}
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        for style in styles:
+            ids = sampler.encode_chat(conversation(q, a, instruction(templates, style, a)))
+            budget = max_new_tokens_for(style, max_new_tokens_long, max_new_tokens_short)
+            jobs.setdefault(budget, []).append((i, style, ids))
+    out: list[dict[str, str]] = [{} for _ in questions]
+    chunks = []
+    for budget, rows in jobs.items():
+        rows.sort(key=lambda r: len(r[2]))
+        chunks += [(budget, rows[s:s + sampler.batch_size]) for s in range(0, len(rows), sampler.batch_size)]
+    from tqdm.auto import tqdm
+
+    for budget, chunk in tqdm(chunks, desc="explanations", unit="batch", disable=not progress):
+        gen = sampler.generate([r[2] for r in chunk], SamplingParams(max_new_tokens=budget, temperature=0.0),
+                               jax.random.key(0))
+        for (i, style, _), row in zip(chunk, gen.completions):
+            out[i][style] = row[0].text.strip()
+    return out
+
+
+def explanation_record(texts: Mapping[str, str]) -> dict[str, Any]:
+    """The explanations of one item in study.STYLE_NAMES order (the items file's key order)."""
+    return {s: texts[s] for s in STYLE_NAMES if s in texts}
