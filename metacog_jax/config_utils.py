@@ -113,7 +113,7 @@ def _parse_sequence(text: str, default: Sequence[Any], where: str) -> tuple | li
     """Parse ``a,b,c`` / ``a+b+c`` / a Python literal into the default's container type."""
     container = type(default)
     stripped = text.strip()
-    if stripped[:1] in "([":
+    if stripped and stripped[0] in "([":
         value = ast.literal_eval(stripped)
         if not isinstance(value, (tuple, list)):
             raise ValueError(f"{where}: expected a sequence literal, got {text!r}")

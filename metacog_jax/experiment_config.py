@@ -122,6 +122,9 @@ def apply_model_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collecti
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Cross-field checks that a typed override cannot catch."""
+    if not c.data.domains:
+        raise ValueError("config data.domains is empty: name at least one in-domain set, e.g. "
+                         "data.domains=arithmetic")
     if c.train.task not in TASKS:
         raise ValueError(f"config train.task={c.train.task!r}; choose one of {', '.join(TASKS)}")
     if not 0.0 <= c.train.mix <= 1.0:

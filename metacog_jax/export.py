@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metacog_jax.models.lora import merge_lora
 from metacog_jax.models.weights import export_safetensors
 
 
@@ -13,6 +12,5 @@ def export_run(config, run_workdir: str | Path, out_dir: str | Path) -> Path:
     transformers' AutoModelForCausalLM.from_pretrained loads (float32 weights + config + tokenizer)."""
     from metacog_jax.pipeline import model_for_eval
 
-    loaded, _ = model_for_eval(config, Path(run_workdir))
-    merge_lora(loaded.model)
+    loaded, _ = model_for_eval(config, Path(run_workdir))  # adapters already merged
     return export_safetensors(loaded.model, out_dir, loaded.config, tokenizer=loaded.tokenizer)

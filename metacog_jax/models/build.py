@@ -39,6 +39,12 @@ def tokenizer_from_spec(spec: str):
     return load_hf_tokenizer(path)
 
 
+def _one_device_mesh():
+    import jax
+
+    return sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
 def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
     """Load (or randomly initialise, for model.name == "random") the config's model onto the mesh."""
     rules = rules_from_config(c)
@@ -46,10 +52,9 @@ def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
         cfg = random_model_config(c.model.random)
         dt, pdt = decoder.parse_dtype(c.model.dtype), decoder.parse_dtype(c.model.param_dtype)
         factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(c.seed))
-        if mesh is not None:
-            model = sharding_lib.init_sharded(factory, mesh, rules)
-        else:
-            model = factory()
+        # Always initialised inside one jitted function (on a 1-device mesh when none is given), so the
+        # random weights are bitwise the same with and without a mesh.
+        model = sharding_lib.init_sharded(factory, mesh if mesh is not None else _one_device_mesh(), rules)
         tok = tokenizer_from_spec(c.model.tokenizer)
         if tok.vocab_size > cfg.vocab_size:
             raise ValueError(f"config model.random.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
