@@ -22,7 +22,7 @@ REAL_OUT_OF_DOMAIN = ("medqa", "legalbench", "truthfulqa")
 
 def get_config(arg=None):
     c, a = common.experiment("multitask", arg, quick=False, real=True, steps=24)
-    c.data.n_train, c.data.n_test = 120, 50
+    c.data.n_train, c.data.n_test = 120, 40
     # SmolLM2-135M gets about a third of level-1 sums/products right and few level-2 ones: a mix it is
     # sometimes right and sometimes wrong on, which is what confidence can be learned from.
     c.data.procedural_levels = (1, 1, 2)
@@ -33,7 +33,7 @@ def get_config(arg=None):
     c.train.lora.rank, c.train.lora.alpha = 8, 16.0
     c.train.batch_size, c.train.max_len, c.train.lr, c.train.warmup_steps = 4, 512, 5e-4, 4
     c.train.checkpoint_every = 8
-    c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 100, 8, 500
+    c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 60, 8, 500
     if a.quick:
         c.data.n_train, c.data.n_test = 32, 16
         c.sample.k, c.sample.max_new_tokens = 4, 12
