@@ -17,7 +17,8 @@ write it; loss.backward(), clip_grad_norm_, torch.optim.AdamW. LoRA on the torch
 written here (peft is not installed): y = W x + (alpha / r) (x A) B on the same seven projections, B = 0 at
 start, base weights frozen.
 
-Timings exclude compilation / the first (warm-up) step; each figure is the best of --steps timed steps.
+Timings exclude compilation / the first (warm-up) step; each figure is the best of --steps timed steps,
+the variants of a mode taken in turns so that drifting load from other processes hits them alike.
 Analytic FLOPs (same formula for both sides; N = parameters of the model, embeddings counted once):
   full fine-tuning:  6 N tokens                       (forward 2N, activation grads 2N, weight grads 2N)
   LoRA:              4 N tokens + 6 N_lora tokens      (no weight grads for the frozen base)
@@ -33,10 +34,12 @@ A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -64,18 +67,13 @@ def training_batch(tokenizer, batch: int, seq_len: int, scale_name: str = "0-1",
     n = max(32, batch * seq_len // 60)
     questions = (procedural.generate("arithmetic", n, seed=seed, split="all")
                  + procedural.generate("comparison", n // 2, seed=seed, split="all"))
-    single, pairwise = [], []
-    label_ids = pair_ids = None
-    for i, q in enumerate(questions):
-        record = {"question_id": q.id, "answer": q.answers[0], "target": (i * 37 % 101) / 100}
-        e, label_ids = batching._encode_single(tokenizer, q, record, scale, label_ids)
-        single.append(e)
-    for i in range(0, len(questions) - 1, 2):
-        q1, q2 = questions[i], questions[i + 1]
-        record = {"q1": q1.id, "q2": q2.id, "choice": "Q1" if i % 4 else "Q2",
-                  "answers": [q1.answers[0], q2.answers[0]]}
-        e, pair_ids = batching._encode_pairwise(tokenizer, q1, q2, record, pair_ids)
-        pairwise.append(e)
+    single = [{"question_id": q.id, "answer": q.answers[0], "target": (i * 37 % 101) / 100}
+              for i, q in enumerate(questions)]
+    pairwise = [{"q1": questions[i].id, "q2": questions[i + 1].id, "choice": "Q1" if i % 4 else "Q2",
+                 "answers": [questions[i].answers[0], questions[i + 1].answers[0]]}
+                for i in range(0, len(questions) - 1, 2)]
+    single, pairwise = batching.encode_targets(tokenizer, {q.id: q for q in questions}, single, pairwise, scale,
+                                               split=None)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     builder = batching.BatchBuilder(single, pairwise, batch_size=batch, max_len=seq_len, mix=mix, packing=True,
                                     seed=seed, pad_id=pad, skip_too_long=True)
@@ -97,10 +95,13 @@ def experiment_config(batch: int, seq_len: int, lora_rank: int | None, loss_posi
 
 
 # -- ours -----------------------------------------------------------------------------------------------
-def time_ours(config, local_batch: dict[str, np.ndarray], steps: int) -> dict:
-    """Build the step as trainer.train does (one-device mesh) and time it. Returns times and the loss."""
+def build_ours(config, local_batch: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
+    """Build the step as trainer.train does (one-device mesh), compile it and run the warm-up step.
+
+    Returns (run one more step and wait for it, info: compile time, first loss, parameter counts, the
+    FLOPs XLA counts for the compiled step).
+    """
     import jax
-    from flax import nnx
 
     from metacog_jax import sharding as sharding_lib
     from metacog_jax.models import lora as lora_lib
@@ -124,26 +125,28 @@ def time_ours(config, local_batch: dict[str, np.ndarray], steps: int) -> dict:
                       out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
     trainer.check_loss_positions(local_batch, t.loss_positions)
     batch = sharding_lib.shard_batch({k: local_batch[k] for k in trainer.BATCH_KEYS}, mesh)
-    n_trainable = lora_lib.count_params(trainable)
-    loaded_params = loaded.config.num_params()
 
     t0 = time.perf_counter()
     compiled = step_fn.lower(trainable, opt_state, frozen, other, batch, 0).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = float((cost or {}).get("flops", float("nan")))  # what the compiled step executes
-    trainable, opt_state, stats = compiled(trainable, opt_state, frozen, other, batch, 0)  # warm-up
-    loss0 = float(stats["loss"])
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        trainable, opt_state, stats = compiled(trainable, opt_state, frozen, other, batch, i + 1)
-        jax.block_until_ready((trainable, opt_state, stats))
-        times.append(time.perf_counter() - t0)
-    del trainable, opt_state, frozen, other, loaded
-    return {"best_s": min(times), "times_s": times, "compile_s": compile_s, "first_loss": loss0,
-            "trainable_params": n_trainable, "model_params": loaded_params, "xla_flops": xla_flops}
+    info = {"compile_s": compile_s, "trainable_params": lora_lib.count_params(trainable),
+            "model_params": loaded.config.num_params(),
+            "xla_flops": float((cost or {}).get("flops", float("nan")))}  # what the compiled step executes
+    state = {"trainable": trainable, "opt": opt_state, "step": 0}
+
+    def run() -> None:
+        # Donated buffers: the step's outputs are fed back as the next step's inputs, as in the trainer.
+        state["trainable"], state["opt"], stats = compiled(state["trainable"], state["opt"], frozen, other,
+                                                           batch, state["step"])
+        jax.block_until_ready((state["trainable"], state["opt"], stats))
+        state["step"] += 1
+        state["stats"] = stats
+
+    run()  # warm-up
+    info["first_loss"] = float(state["stats"]["loss"])
+    return run, info
 
 
 # -- PyTorch --------------------------------------------------------------------------------------------
@@ -181,8 +184,12 @@ def torch_lora_wrap(model, targets: str, rank: int, alpha: float) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def time_torch(config, local_batch: dict[str, np.ndarray], steps: int, model_dir: Path, gguf_name: str) -> dict:
-    """A plain PyTorch training loop over the transformers model; same batch, optimizer settings and loss."""
+def build_torch(config, local_batch: dict[str, np.ndarray], model_dir: Path, gguf_name: str
+                ) -> tuple[Callable[[], None], dict]:
+    """A plain PyTorch training loop over the transformers model; same batch, optimizer settings and loss.
+
+    Returns (run one more step, info: first loss, trainable parameters), after a warm-up step.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -216,13 +223,19 @@ def time_torch(config, local_batch: dict[str, np.ndarray], steps: int, model_dir
         return float(loss.detach())
 
     loss0 = step()  # warm-up
-    times = []
+    return step, {"first_loss": loss0, "trainable_params": n_trainable}
+
+
+def time_interleaved(runners: dict[str, Callable[[], None]], steps: int) -> dict[str, list[float]]:
+    """Wall seconds of `steps` calls of each runner, taken in turns (a, b, c, a, b, c, ...) so that load
+    from other processes drifting during the run hits every variant alike."""
+    times = {name: [] for name in runners}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    del model, opt
-    return {"best_s": min(times), "times_s": times, "first_loss": loss0, "trainable_params": n_trainable}
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -248,7 +261,6 @@ def main():
     if bad:
         raise SystemExit(f"--modes: unknown mode(s) {bad}; use full and/or lora")
 
-    import jax
     import torch
 
     from metacog_jax.models.loading import embedded_model_path
@@ -276,13 +288,18 @@ def main():
         if mode == "lora" and base_cfg.train.lora.rank == 0:
             raise SystemExit(f"{CONFIG} has train.lora.rank=0; the lora mode needs a rank")
         entry = {"loss_positions": int(base_cfg.train.loss_positions), "lora_rank": int(base_cfg.train.lora.rank)}
-        ours = time_ours(base_cfg, local, args.steps)
-        entry["ours"] = ours
+        runners = {}
+        runners["ours"], entry["ours"] = build_ours(base_cfg, local)
         if mode in args.all_positions.split(","):
-            entry["ours_all_positions"] = time_ours(experiment_config(b, tl, base_cfg.train.lora.rank, 0), local,
-                                                    args.steps)
+            runners["ours_all_positions"], entry["ours_all_positions"] = build_ours(
+                experiment_config(b, tl, base_cfg.train.lora.rank, 0), local)
         if not args.no_torch:
-            entry["torch"] = time_torch(base_cfg, local, args.steps, path.parent, path.name)
+            runners["torch"], entry["torch"] = build_torch(base_cfg, local, path.parent, path.name)
+        for name, times in time_interleaved(runners, args.steps).items():
+            entry[name].update(times_s=times, best_s=min(times))
+        del runners  # free this mode's models and optimizer states before the next mode builds its own
+        gc.collect()
+        ours = entry["ours"]
         n_params = ours["model_params"]
         n_lora = ours["trainable_params"] if mode == "lora" else 0
         flops = analytic_flops(n_params, n_lora, tokens, mode == "lora")
