@@ -24,6 +24,9 @@ from flax import nnx
 from metacog_jax.models.config import ModelConfig, rope_inverse_frequencies
 
 LOGICAL_AXES = "logical_axes"
+# Added to the attention scores of masked pairs. Finite, so a fully masked row (padding) stays finite and
+# the sum score + MASKED cannot overflow; exp(MASKED - max) underflows to exactly 0 otherwise.
+MASKED = -1e30
 _INIT = nnx.initializers.normal(0.02)
 
 
@@ -63,7 +66,8 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 class KVCache(NamedTuple):
-    """Per-layer keys/values [B, S, K, H], slot validity [B, S] and the next write slot (scalar)."""
+    """Per-layer keys/values [B, K, S, H] (heads-major, the layout attention multiplies in), slot validity
+    [B, S] and the next write slot (scalar)."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
@@ -72,7 +76,7 @@ class KVCache(NamedTuple):
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
         return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
@@ -92,29 +96,36 @@ class Attention(nnx.Module):
         self.o_proj = _linear(cfg, n * h, d, ("heads", "embed"), bias=False, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
 
-    def __call__(self, x, sin, cos, mask, kv=None, index=None):
-        """x [B, T, D]; mask [B, T, S] bool; kv: this layer's cache (keys, values) [B, S, K, H] or None.
+    def __call__(self, x, sin, cos, bias, kv=None, index=None):
+        """x [B, T, D]; bias [B, T, S] float32 (0 where a query may attend, MASKED where not); kv: this
+        layer's cache (keys, values) [B, K, S, H] or None.
 
         Returns the output [B, T, D] and the updated (keys, values) (None without a cache).
+
+        Layout: queries are grouped as [B, K, G, T, H] (G = heads per kv head) and keys/values kept as
+        [B, K, S, H], so both attention matmuls are plain batched matmuls and no [T, S]-sized array is ever
+        transposed (on CPU those transposes cost more than the matmuls). The softmax is normalised after
+        the value matmul: out = (exp(s - max) @ V) / sum exp(s - max), which is the same function.
         """
         b, t, _ = x.shape
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
         q = apply_rope(self.q_proj(x).reshape(b, t, n, h), sin, cos)
-        key = apply_rope(self.k_proj(x).reshape(b, t, k, h), sin, cos)
-        val = self.v_proj(x).reshape(b, t, k, h)
+        key = apply_rope(self.k_proj(x).reshape(b, t, k, h), sin, cos).transpose(0, 2, 1, 3)
+        val = self.v_proj(x).reshape(b, t, k, h).transpose(0, 2, 1, 3)
         new_kv = None
         if kv is not None:
-            keys = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), (0, index, 0, 0))
-            vals = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, index, 0, 0))
+            keys = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), (0, 0, index, 0))
+            vals = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, 0, index, 0))
             new_kv = (keys, vals)
             key, val = keys.astype(x.dtype), vals.astype(x.dtype)
-        q = q.reshape(b, t, k, n // k, h)
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, key, preferred_element_type=jnp.float32)
-        scores = scores * (h ** -0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, val).reshape(b, t, n * h)
-        return self.o_proj(out), new_kv
+        q = (q * h ** -0.5).reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+        scores = jnp.einsum("bkgth,bksh->bkgts", q, key, preferred_element_type=jnp.float32)
+        scores = scores + bias[:, None, None, :, :]
+        peak = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+        weights = jnp.exp(scores - peak)
+        out = jnp.einsum("bkgts,bksh->bkgth", weights.astype(x.dtype), val, preferred_element_type=jnp.float32)
+        out = (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(x.dtype)
+        return self.o_proj(out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)), new_kv
 
 
 class MLP(nnx.Module):
@@ -137,8 +148,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, **kw)
 
-    def __call__(self, x, sin, cos, mask, kv=None, index=None):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, mask, kv, index)
+    def __call__(self, x, sin, cos, bias, kv=None, index=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
@@ -201,10 +212,11 @@ class Decoder(nnx.Module):
             q_slots = cache.index + jnp.arange(t)
             k_slots = jnp.arange(valid.shape[1])
             mask = (k_slots[None, None, :] <= q_slots[None, :, None]) & valid[:, None, :]
+        bias = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)  # once, shared by every layer
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, new_kv = layer(x, sin, cos, mask, kv, None if cache is None else cache.index)
+            x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
