@@ -122,6 +122,9 @@ def _run(cmd, args, spec, overrides) -> int:
         study.serve(args.items, args.db, host=args.host, port=args.port)
         return 0
 
+    from metacog_jax.sharding import enable_compilation_cache
+
+    enable_compilation_cache()
     config = _config(spec, overrides, cmd)
     if args.data_dir is not None:
         config.data.manual_dir = args.data_dir

@@ -608,3 +608,29 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     logger.info("initializing jax.distributed (%s): %s", reason, plan or "auto-detect")
     jax.distributed.initialize(**plan)
     return True
+
+
+DEFAULT_COMPILATION_CACHE = "~/.cache/metacog_jax/xla"
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Keep compiled XLA programs on disk so that later processes reuse them (jax's persistent cache).
+
+    Every `metacog` stage is its own process and the demo's stages compile the same programs (the train
+    step of S, C and C+S; the sampler and scorer of each evaluation): with the cache only the first one
+    pays for compilation. The directory is `path`, else the environment variable METACOG_COMPILATION_CACHE,
+    else ~/.cache/metacog_jax/xla; METACOG_COMPILATION_CACHE=off (or an empty value) disables it. The cache
+    is keyed by the program, jax/jaxlib version and devices, so a stale entry is never used.
+
+    Returns the directory used, or None when disabled.
+    """
+    if path is None:
+        path = os.environ.get("METACOG_COMPILATION_CACHE", DEFAULT_COMPILATION_CACHE)
+    if not path or path.lower() == "off":
+        return None
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
