@@ -124,7 +124,10 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
             # The LM head and softmax run only where the loss does: the (at most n_pos) weighted positions
             # of each row, gathered first; the rest of the row carries no loss.
             idx = jnp.argsort(mb["loss_weights"] <= 0, axis=1, stable=True)[:, :n_pos]
-            hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)
+            # Gathered as a one-hot matmul (exact: one 1 per row): on CPU XLA's gather and the scatter in
+            # its gradient cost more than the logits they save; the matmul and its transpose are cheap.
+            pick = jax.nn.one_hot(idx, hidden.shape[1], dtype=hidden.dtype)
+            hidden = jnp.einsum("bpt,btd->bpd", pick, hidden)
             mb = {k: jnp.take_along_axis(v, idx, axis=1) for k, v in mb.items() if k in LOSS_KEYS}
         terms = losses.loss_terms(model.logits(hidden), mb, brier_weight=brier_w, label_token_ids=lab_ids,
                                   label_values=lab_vals)
