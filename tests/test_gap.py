@@ -234,7 +234,7 @@ def test_ratings_csv_missing_column_and_attention_rows(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"item_id": "q1", "correct": true', r"items\.jsonl:2: not valid JSON"),
+    ('{"item_id": "q1", "correct": true', r"items\.jsonl:2: invalid JSON"),
     ('{"item_id": "q1", "correct": true}', r"items\.jsonl:2: missing field\(s\) \['model_confidence'\]"),
     ('{"item_id": "q1", "correct": true, "model_confidence": 1.2}', r"items\.jsonl:2: model_confidence = 1\.2"),
     ('{"item_id": "q1", "correct": "perhaps", "model_confidence": 0.2}', r"items\.jsonl:2: correct must be"),

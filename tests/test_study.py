@@ -122,7 +122,7 @@ def test_load_items_errors_name_file_line_and_field(tmp_path: Path, bad: dict, f
 def test_load_items_reports_invalid_json_line(tmp_path: Path):
     path = tmp_path / "items.jsonl"
     path.write_text(json.dumps(item_record(0)) + "\n\n{not json\n", encoding="utf-8")
-    with pytest.raises(study.ItemsFileError, match=r"items\.jsonl:3: not valid JSON"):
+    with pytest.raises(study.ItemsFileError, match=r"items\.jsonl:3: invalid JSON"):
         study.load_items(path)
 
 

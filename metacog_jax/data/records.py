@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from metacog_jax.jsonl import iter_jsonl
+
 # Option letters: letter i of a multiple-choice question is OPTION_LETTERS[i].
 # MMLU-Pro uses at most 10 (A-J); TruthfulQA mc1 has up to 13 options (A-M),
 # so the schema allows the whole alphabet rather than stopping at J.
@@ -222,18 +224,10 @@ def read_questions(path: str | os.PathLike[str]) -> list[Question]:
       RecordError: a line is not valid JSON or not a valid question; the
         message starts with ``file:line``.
     """
-    path = Path(path)
     out = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
-            try:
-                out.append(Question.from_json(record))
-            except RecordError as e:
-                raise RecordError(f"{path}:{line_no}: {e}") from e
+    for line_no, record in iter_jsonl(path, RecordError):
+        try:
+            out.append(Question.from_json(record))
+        except RecordError as e:
+            raise RecordError(f"{path}:{line_no}: {e}") from e
     return out

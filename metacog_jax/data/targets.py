@@ -60,6 +60,7 @@ import numpy as np
 
 from metacog_jax.data import prompts, records, splits
 from metacog_jax.data.records import Question
+from metacog_jax.jsonl import iter_jsonl
 
 MODES = ("binned_accuracy", "consistency", "correctness")
 PAIR_LABELS = ("consistency", "target")
@@ -432,18 +433,11 @@ def write_targets(workdir: str | os.PathLike[str], single: Sequence[Mapping], pa
 
 def _read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TargetError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            missing = [k for k in required if k not in record]
-            if missing:
-                raise TargetError(f"{path}:{line_no}: missing field(s) {missing}")
-            out.append(record)
+    for line_no, record in iter_jsonl(path, TargetError):
+        missing = [k for k in required if k not in record]
+        if missing:
+            raise TargetError(f"{path}:{line_no}: missing field(s) {missing}")
+        out.append(record)
     return out
 
 

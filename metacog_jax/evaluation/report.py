@@ -26,6 +26,7 @@ import numpy as np
 
 from metacog_jax.evaluation import metrics, plots
 from metacog_jax.evaluation.run import ROLES, read_metrics, write_text_atomic
+from metacog_jax.jsonl import iter_jsonl
 
 # (key in report, task block in metrics.json, metric name there, header, better direction)
 MAIN_METRICS = (
@@ -79,20 +80,13 @@ def _safe(name: str) -> str:
 
 def _read_single_items(path: Path) -> tuple[np.ndarray, np.ndarray]:
     conf, correct = [], []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
-            if row.get("task") != "single":
-                continue
-            if "expected" not in row or "correct" not in row:
-                raise ValueError(f"{path}:{line_no}: single item lacks 'expected' or 'correct'")
-            conf.append(float(row["expected"]))
-            correct.append(float(bool(row["correct"])))
+    for line_no, row in iter_jsonl(path):
+        if row.get("task") != "single":
+            continue
+        if "expected" not in row or "correct" not in row:
+            raise ValueError(f"{path}:{line_no}: single item lacks 'expected' or 'correct'")
+        conf.append(float(row["expected"]))
+        correct.append(float(bool(row["correct"])))
     return np.asarray(conf), np.asarray(correct)
 
 

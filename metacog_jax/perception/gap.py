@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metacog_jax.evaluation import bootstrap, metrics, plots
+from metacog_jax.jsonl import iter_jsonl
 
 RATINGS_COLUMNS = (
     "participant_id",
@@ -144,25 +145,16 @@ def read_items_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     first_line: dict[str, int] = {}
     # utf-8-sig: files saved by spreadsheet tools often start with a byte-order mark.
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(raw, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-            item = _check_item(raw, where)
-            if item["item_id"] in first_line:
-                raise ValueError(
-                    f"{where}: duplicate item_id {item['item_id']!r} "
-                    f"(first at line {first_line[item['item_id']]})"
-                )
-            first_line[item["item_id"]] = lineno
-            items.append(item)
+    for lineno, raw in iter_jsonl(path, encoding="utf-8-sig"):
+        where = f"{path}:{lineno}"
+        item = _check_item(raw, where)
+        if item["item_id"] in first_line:
+            raise ValueError(
+                f"{where}: duplicate item_id {item['item_id']!r} "
+                f"(first at line {first_line[item['item_id']]})"
+            )
+        first_line[item["item_id"]] = lineno
+        items.append(item)
     return items
 
 

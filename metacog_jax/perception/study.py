@@ -40,6 +40,8 @@ from typing import Any, Iterator, Sequence
 
 import flask
 
+from metacog_jax.jsonl import iter_jsonl
+
 CERTAINTY_LEVELS = ("not_sure", "somewhat_sure", "sure")
 LENGTHS = ("long", "short", "uncertainty_only")
 # "default" plus the 3 x 3 modified styles of paper 2.
@@ -207,22 +209,15 @@ def load_items(path: str | os.PathLike[str]) -> list[StudyItem]:
         raise FileNotFoundError(f"items file {path} does not exist")
     items: list[StudyItem] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ItemsFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            item = dataclasses.replace(_check_item(record, where), line=line_number)
-            if item.item_id in first_line:
-                raise ItemsFileError(
-                    f"{where}: field 'item_id' {item.item_id!r} repeats line {first_line[item.item_id]}"
-                )
-            first_line[item.item_id] = line_number
-            items.append(item)
+    for line_number, record in iter_jsonl(path, ItemsFileError):
+        where = f"{path}:{line_number}"
+        item = dataclasses.replace(_check_item(record, where), line=line_number)
+        if item.item_id in first_line:
+            raise ItemsFileError(
+                f"{where}: field 'item_id' {item.item_id!r} repeats line {first_line[item.item_id]}"
+            )
+        first_line[item.item_id] = line_number
+        items.append(item)
     if not items:
         raise ItemsFileError(f"{path}: no items (the file is empty)")
     return items

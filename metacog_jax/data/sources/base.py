@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from metacog_jax.data import splits
 from metacog_jax.data.records import Question, RecordError
+from metacog_jax.jsonl import iter_jsonl
 
 # (source split, question id) -> "train" | "test"; see QuestionBuilder.our_split.
 SplitFn = Callable[[str, str], str]
@@ -75,18 +76,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     Raises:
       MalformedRecordError: a line is not a JSON object (``file:line``).
     """
-    with Path(path).open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MalformedRecordError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
-            if not isinstance(obj, dict):
-                raise MalformedRecordError(
-                    f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-            yield line_no, obj
+    yield from iter_jsonl(path, MalformedRecordError)
 
 
 def read_json(path: Path) -> Any:
