@@ -8,7 +8,7 @@ on the same prefixes (evaluation.scoring.single_prefix), the same label token se
 
   ours     evaluation.scoring.score_single: the label trie (M internal nodes) packed after each prefix, one
            compiled forward per batch with a [B, T, T] trie mask, logits only at the M + 1 read rows;
-           rows right-padded to a half-octave length bucket.
+           rows right-padded to a quarter-octave length bucket.
   PyTorch  the same trie in transformers: left-padded rows [pad, prefix, trie nodes], a 4D boolean
            attention mask [B, 1, T, T] (which transformers passes to sdpa as given), position_ids, and
            logits_to_keep = M + 1 (the read rows are the last M + 1 slots); padded to the batch's longest row.
@@ -208,7 +208,8 @@ def main():
     # the PyTorch side pads to the batch's longest row.
     by_len = sorted(len(p) for p in prefixes)
     chunks = [by_len[i:i + args.batch] for i in range(0, n, args.batch)]
-    ours_slots = sum(args.batch * length_bucket(c[-1] + m, 16) for c in chunks)
+    ours_slots = sum(args.batch * length_bucket(c[-1] + m, 16, per_octave=scoring.BUCKETS_PER_OCTAVE)
+                     for c in chunks)
     torch_slots = sum(len(c) * (c[-1] + m) for c in chunks)
     flops = 2.0 * (n_params - vd) * real_tokens + 2.0 * vd * (m + 1) * n
     result = {

@@ -173,13 +173,18 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     return out_tok, out_lp, lengths
 
 
-def length_bucket(n: int, minimum: int = 16) -> int:
-    """Smallest bucket >= max(n, minimum) from the half-octave ladder 16, 24, 32, 48, 64, 96, 128, ...:
-    at most a third of a row is padding, and a run compiles once per ladder step it meets."""
-    b = minimum
-    while b < n:
-        b = b * 3 // 2 if (b & (b - 1)) == 0 else (b // 3) * 4
-    return b
+def length_bucket(n: int, minimum: int = 16, per_octave: int = 2) -> int:
+    """Smallest bucket >= max(n, minimum) on a ladder with `per_octave` evenly spaced steps per doubling.
+
+    per_octave=2 (the default): 16, 24, 32, 48, 64, 96, 128, ...: at most a third of a row is padding and a
+    run compiles once per step it meets. per_octave=4: ..., 128, 160, 192, 224, 256, 320, ...: at most a
+    fifth is padding, for one-pass work (scoring) where padding costs as much as real tokens.
+    """
+    n = max(int(n), int(minimum), 1)
+    if n <= 2:
+        return n
+    step = max((1 << ((n - 1).bit_length() - 1)) // per_octave, 1)
+    return -(-n // step) * step
 
 
 class Sampler:

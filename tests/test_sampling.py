@@ -132,3 +132,16 @@ def test_inverse_cdf_sampling_matches_softmax():
     freq = np.bincount(draws, minlength=5) / len(draws)
     np.testing.assert_allclose(freq, probs, atol=0.012)  # ~4 standard errors at n=20000
     assert freq[4] == 0.0  # a zero-probability token is never drawn
+
+
+def test_length_bucket_ladders():
+    from metacog_jax.sampling import length_bucket
+
+    half = sorted({length_bucket(n) for n in range(1, 300)})
+    assert half == [16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+    quarter = sorted({length_bucket(n, per_octave=4) for n in range(1, 300)})
+    assert quarter == [16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320]
+    for n in range(1, 2000):
+        for per, frac in ((2, 1 / 3), (4, 1 / 5)):
+            b = length_bucket(n, minimum=1, per_octave=per)
+            assert b >= n and (b - n) / b <= frac + 1e-9, (n, per, b)

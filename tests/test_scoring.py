@@ -156,7 +156,7 @@ def test_one_compile_per_bucket(tiny_model, smol_tokenizer):
     # A label-set shape no other test uses, so this test's compilations are counted exactly.
     labels = [[40, 41, 42, 43], [40, 41, 44, 45], [46, 47, 48, 49], [50]]
     rng = np.random.default_rng(1)
-    prefixes = [rng.integers(100, 40000, size=n).tolist() for n in (20, 21, 23, 25, 22, 24, 18, 19, 18, 19)]
+    prefixes = [rng.integers(100, 40000, size=n).tolist() for n in (22, 23, 25, 24, 22, 24, 23, 22, 25, 24)]
     before = scoring._label_logprobs._cache_size()
     # 7 trie nodes + 18 to 25 prefix tokens: every batch needs 25-32 rows, the 32 bucket.
     assert scoring.build_trie(labels).num_nodes == 7

@@ -45,6 +45,10 @@ from metacog_jax.sampling import Sampler, SamplingParams, length_bucket
 
 log = logging.getLogger(__name__)
 
+# Row lengths are rounded up on a quarter-octave ladder (at most a fifth padding): each padded slot costs a
+# full forward position in one-pass scoring, so a finer ladder than the sampler's pays for its extra compiles.
+BUCKETS_PER_OCTAVE = 4
+
 
 # -- label sets -----------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +271,7 @@ def label_logprobs(model, prefixes: Sequence[Sequence[int]], label_ids: Sequence
     t0 = time.perf_counter()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        length = length_bucket(max(len(prefixes[i]) for i in idx) + m, min_bucket)
+        length = length_bucket(max(len(prefixes[i]) for i in idx) + m, min_bucket, per_octave=BUCKETS_PER_OCTAVE)
         tokens = np.full((batch_size, length), pad_id, np.int32)
         prefix_len = np.ones((batch_size,), np.int32)  # filler rows: a one-token prefix of padding
         for r, i in enumerate(idx):
