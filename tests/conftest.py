@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The CLI turns on jax's persistent compilation cache (~/.cache/metacog_jax/xla by default); tests leave the
+# user's cache alone (subprocesses inherit this). test_sharding checks the cache switch itself.
+os.environ.setdefault("METACOG_COMPILATION_CACHE", "off")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -318,3 +318,23 @@ def test_two_processes_agree_on_global_mesh():
         assert r["psum"] == expected_sum and r["sum"] == expected_sum
         assert r["matmul_sum"] == pytest.approx(r["numpy_matmul_sum"], rel=1e-4, abs=1e-3)
     assert results[0]["matmul_sum"] == results[1]["matmul_sum"]
+
+
+def test_enable_compilation_cache(tmp_path, monkeypatch):
+    import jax
+
+    from metacog_jax.sharding import enable_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("METACOG_COMPILATION_CACHE", "off")
+        assert enable_compilation_cache() is None
+        assert jax.config.jax_compilation_cache_dir == before
+        monkeypatch.setenv("METACOG_COMPILATION_CACHE", str(tmp_path / "env_cache"))
+        assert enable_compilation_cache() == str(tmp_path / "env_cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env_cache")
+        assert (tmp_path / "env_cache").is_dir()
+        explicit = enable_compilation_cache(str(tmp_path / "explicit"))
+        assert explicit == str(tmp_path / "explicit") == jax.config.jax_compilation_cache_dir
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
