@@ -73,3 +73,21 @@ def test_truncated_gguf_fails_with_file_name(tmp_path, smol_gguf_path):
     bad.write_bytes(smol_gguf_path.read_bytes()[:100_000])
     with pytest.raises(WeightLoadError, match="broken.gguf"):
         load_model(str(bad))
+
+
+def test_second_load_in_a_process_reuses_the_dequantized_tensors(smol, monkeypatch):
+    import gguf
+    from flax import nnx
+
+    def no_reader(*args, **kwargs):
+        raise AssertionError("the GGUF file was parsed again")
+
+    monkeypatch.setattr(gguf, "GGUFReader", no_reader)
+    again = load_model("smollm2-135m-instruct-gguf")
+    assert again.config == smol.config
+    assert again.tokenizer.encode("What is the capital of France?") == \
+        smol.tokenizer.encode("What is the capital of France?")
+    first, second = jax.tree.leaves(nnx.state(smol.model)), jax.tree.leaves(nnx.state(again.model))
+    assert len(first) == len(second) and all(np.array_equal(a, b) for a, b in zip(first, second))
+    # A fresh model, not the same arrays: training one must not move the other.
+    assert again.model is not smol.model

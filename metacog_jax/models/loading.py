@@ -103,21 +103,7 @@ def load_model(spec: str, *, dtype: str = "float32", param_dtype: str = "float32
     t0 = time.perf_counter()
     dt, pdt = decoder.parse_dtype(dtype), decoder.parse_dtype(param_dtype)
     if kind == "gguf":
-        import gguf
-
-        try:
-            reader = gguf.GGUFReader(str(path))
-        except Exception as e:
-            raise weights.WeightLoadError(f"{path}: cannot read GGUF file ({e})") from None
-        meta = {k: _gguf_value(f) for k, f in reader.fields.items()
-                if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
-        meta["tokenizer.ggml.tokens"] = [None] * len(reader.fields["tokenizer.ggml.tokens"].data)
-        cfg = config_lib.from_gguf_metadata(meta, source=str(path))
-        cfg = cfg.replace(tie_word_embeddings=not weights.gguf_has_output_head(reader))
-        model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
-        shardings = param_shardings(model, mesh, rules) if mesh is not None else None
-        model = weights.load_gguf(model, reader, cfg, str(path), shardings)
-        tok = tokenizer_lib.tokenizer_from_gguf(reader, str(path)) if with_tokenizer else None
+        model, cfg, tok = _load_gguf(path, dt, pdt, mesh, rules, with_tokenizer)
     else:
         cfg = config_lib.read_hf_config(path)
         model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
@@ -127,6 +113,42 @@ def load_model(spec: str, *, dtype: str = "float32", param_dtype: str = "float32
     log.info("loaded %s (%s, %.1fM params) in %.1fs", spec, cfg.model_type, cfg.num_params() / 1e6,
              time.perf_counter() - t0)
     return LoadedModel(model, tok, cfg, str(path))
+
+
+# GGUF files up to this size are kept dequantized in memory after the first load, so the next load in
+# the same process (the demo's stages, a notebook re-running a cell) takes a fraction of a second.
+GGUF_MEMO_MAX_BYTES = 1 << 30
+_GGUF_MEMO: dict[tuple, tuple] = {}
+
+
+def _load_gguf(path: Path, dt, pdt, mesh, rules, with_tokenizer: bool):
+    """(model, config, tokenizer or None) from a GGUF file. The dequantized tensors (and the tokenizer) of
+    files up to GGUF_MEMO_MAX_BYTES are memoized per (path, mtime, size) once a load has succeeded."""
+    import gguf
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    hit = _GGUF_MEMO.get(key)
+    if hit is not None and (hit[2] is not None or not with_tokenizer):
+        cfg, memo, tok, reader = hit[0], hit[1], hit[2], None
+    else:
+        try:
+            reader = gguf.GGUFReader(str(path))
+        except Exception as e:
+            raise weights.WeightLoadError(f"{path}: cannot read GGUF file ({e})") from None
+        meta = {k: _gguf_value(f) for k, f in reader.fields.items()
+                if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
+        meta["tokenizer.ggml.tokens"] = [None] * len(reader.fields["tokenizer.ggml.tokens"].data)
+        cfg = config_lib.from_gguf_metadata(meta, source=str(path))
+        cfg = cfg.replace(tie_word_embeddings=not weights.gguf_has_output_head(reader))
+        memo = dict(hit[1]) if hit is not None else {}
+        tok = tokenizer_lib.tokenizer_from_gguf(reader, str(path)) if with_tokenizer else None
+    model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
+    shardings = param_shardings(model, mesh, rules) if mesh is not None else None
+    model = weights.load_gguf(model, reader, cfg, str(path), shardings, memo=memo)
+    if reader is not None and st.st_size <= GGUF_MEMO_MAX_BYTES:
+        _GGUF_MEMO[key] = (cfg, memo, tok)
+    return model, cfg, tok if with_tokenizer else None
 
 
 def _gguf_value(field):

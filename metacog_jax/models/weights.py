@@ -176,14 +176,24 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def load_gguf(model: nnx.Module, reader, cfg: ModelConfig, source: str,
-              shardings: Mapping[Path_, jax.sharding.Sharding] | None = None) -> nnx.Module:
-    """Fill `model` from an open `gguf.GGUFReader`, dequantizing each tensor to float32."""
+              shardings: Mapping[Path_, jax.sharding.Sharding] | None = None,
+              memo: dict[str, np.ndarray] | None = None) -> nnx.Module:
+    """Fill `model` from an open `gguf.GGUFReader`, dequantizing each tensor to float32.
+
+    `memo` (optional): dequantized tensors by GGUF name, read from when present and filled otherwise, so a
+    process that loads the same file again skips the dequantization (and, if it holds every tensor, the
+    reader: `reader` may then be None).
+    """
     from gguf.quants import dequantize
 
-    tensors = {t.name: t for t in reader.tensors}
-    permute = reader.fields["general.architecture"].contents() == "llama"
+    tensors = None
 
     def fetch(path, hf, gg, tr):
+        nonlocal tensors
+        if memo is not None and gg in memo:
+            return memo[gg]
+        if tensors is None:
+            tensors = {t.name: t for t in reader.tensors}
         t = tensors.get(gg)
         if t is None and gg == "output.weight":
             t = tensors.get("token_embd.weight")  # llama.cpp omits the head when tied
@@ -191,8 +201,10 @@ def load_gguf(model: nnx.Module, reader, cfg: ModelConfig, source: str,
             raise WeightLoadError(f"{source}: tensor {gg!r} not found in the GGUF file")
         x = dequantize(t.data, t.tensor_type).astype(np.float32)
         x = x.reshape(tuple(int(d) for d in reversed(t.shape)))  # ggml dims are innermost first
-        if permute and gg.endswith(("attn_q.weight", "attn_k.weight")):
+        if cfg.model_type == "llama" and gg.endswith(("attn_q.weight", "attn_k.weight")):
             x = _unpermute_rope(x, cfg.num_heads if "attn_q" in gg else cfg.num_kv_heads)
+        if memo is not None:
+            memo[gg] = x
         return x
 
     return _fill_state(model, fetch, cfg, source, shardings)
