@@ -34,11 +34,11 @@ def get_config(arg=None):
     c.train.batch_size, c.train.max_len, c.train.lr, c.train.warmup_steps = 4, 512, 5e-4, 4
     c.train.checkpoint_every = 8
     c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 60, 8, 500
-    if a.quick:
-        c.data.n_train, c.data.n_test = 32, 16
+    if a.quick:  # every stage on a handful of questions: a look at the machinery, not at results
+        c.data.n_train, c.data.n_test = 24, 12
         c.sample.k, c.sample.max_new_tokens = 4, 12
-        c.train.steps, c.train.checkpoint_every = 4, 2
-        c.eval.n_pairs, c.eval.n_resamples = 16, 200
+        c.train.steps, c.train.checkpoint_every = 3, 2
+        c.eval.n_pairs, c.eval.n_resamples = 12, 200
     c.demo = common.demo_fields(real_in=REAL_IN_DOMAIN if a.real else (),
                                 real_out=REAL_OUT_OF_DOMAIN if a.real else ())
     return c
