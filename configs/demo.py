@@ -7,7 +7,7 @@ arithmetic; out-of-domain: procedural number comparison (multiple choice). With 
 TruthfulQA out of domain.
 
     metacog demo --config=configs/demo.py [--data_dir=../shared/data]
-    metacog demo --config=configs/demo.py:quick      # a ~3-minute look at every stage
+    metacog demo --config=configs/demo.py:quick      # a ~4-minute look at every stage
 """
 
 import os
