@@ -27,6 +27,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
@@ -118,7 +119,24 @@ def answer(driver, percent: str, own_answer: str | None = None) -> None:
             own.clear()
             own.send_keys(own_answer)
     driver.find_element(By.ID, "submit").click()
-    WebDriverWait(driver, WAIT_S).until(EC.staleness_of(old_page))
+    WebDriverWait(driver, WAIT_S).until(page_replaced(old_page))
+
+
+def page_replaced(old_page):
+    """Like EC.staleness_of, but also accepts the error ChromeDriver sometimes returns instead of a stale
+    element reference while the old document is being torn down ("Node with given id does not belong to
+    the document"); any other error still propagates."""
+    def check(driver):
+        try:
+            old_page.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+    return check
 
 
 def read_export(db: Path, out: Path) -> list[dict[str, str]]:
