@@ -141,12 +141,14 @@ def _load_gguf(path: Path, dt, pdt, mesh, rules, with_tokenizer: bool):
         meta["tokenizer.ggml.tokens"] = [None] * len(reader.fields["tokenizer.ggml.tokens"].data)
         cfg = config_lib.from_gguf_metadata(meta, source=str(path))
         cfg = cfg.replace(tie_word_embeddings=not weights.gguf_has_output_head(reader))
-        memo = dict(hit[1]) if hit is not None else {}
+        # Only files that will be memoized collect their tensors: a large model's dequantized copy would
+        # double the memory of the load.
+        memo = (dict(hit[1]) if hit is not None else {}) if st.st_size <= GGUF_MEMO_MAX_BYTES else None
         tok = tokenizer_lib.tokenizer_from_gguf(reader, str(path)) if with_tokenizer else None
     model = decoder.create_model(cfg, dtype=dt, param_dtype=pdt, abstract=True)
     shardings = param_shardings(model, mesh, rules) if mesh is not None else None
     model = weights.load_gguf(model, reader, cfg, str(path), shardings, memo=memo)
-    if reader is not None and st.st_size <= GGUF_MEMO_MAX_BYTES:
+    if reader is not None and memo is not None:
         _GGUF_MEMO[key] = (cfg, memo, tok)
     return model, cfg, tok if with_tokenizer else None
 
