@@ -97,17 +97,17 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
 
     def __call__(self, x, sin, cos, bias, kv=None, index=None):
-        """x [B, T, D]; bias [B, T, S] float32 (0 where a query may attend, MASKED where not); kv: this
+        """x [B*T, D] (flattened tokens); sin, cos [B, T, H//2]; bias [B, T, S] float32 (0 where a query may attend, MASKED where not); kv: this
         layer's cache (keys, values) [B, K, S, H] or None.
 
-        Returns the output [B, T, D] and the updated (keys, values) (None without a cache).
+        Returns the output [B*T, D] and the updated (keys, values) (None without a cache).
 
         Layout: queries are grouped as [B, K, G, T, H] (G = heads per kv head) and keys/values kept as
         [B, K, S, H], so both attention matmuls are plain batched matmuls and no [T, S]-sized array is ever
         transposed (on CPU those transposes cost more than the matmuls). The softmax is normalised after
         the value matmul: out = (exp(s - max) @ V) / sum exp(s - max), which is the same function.
         """
-        b, t, _ = x.shape
+        b, t = sin.shape[:2]
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
         q = apply_rope(self.q_proj(x).reshape(b, t, n, h), sin, cos)
         key = apply_rope(self.k_proj(x).reshape(b, t, k, h), sin, cos).transpose(0, 2, 1, 3)
@@ -125,7 +125,7 @@ class Attention(nnx.Module):
         weights = jnp.exp(scores - peak)
         out = jnp.einsum("bkgts,bksh->bkgth", weights.astype(x.dtype), val, preferred_element_type=jnp.float32)
         out = (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(x.dtype)
-        return self.o_proj(out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)), new_kv
+        return self.o_proj(out.transpose(0, 3, 1, 2, 4).reshape(b * t, n * h)), new_kv
 
 
 class MLP(nnx.Module):
@@ -197,7 +197,9 @@ class Decoder(nnx.Module):
         b, t = tokens.shape
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
-        x = self.embed_tokens(tokens)
+        # Tokens flattened to [B*T, D] between layers: every projection is then a plain 2-D matmul, whose
+        # weight gradient XLA:CPU computes without the strided transposes a [B, T, D] operand costs.
+        x = self.embed_tokens(tokens).reshape(b * t, -1)
         sin, cos = rope_tables(self.config, positions)
         if attention_mask is not None:
             if cache is not None:
@@ -220,7 +222,7 @@ class Decoder(nnx.Module):
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
-        x = self.norm(x)
+        x = self.norm(x).reshape(b, t, -1)
         if cache is not None:
             cache = KVCache(tuple(new_keys), tuple(new_values), valid, cache.index + t)
         return (x if return_hidden else self.logits(x)), cache
