@@ -99,6 +99,22 @@ def test_single_distribution_matches_slow_reference(tiny_model, smol_tokenizer, 
         assert 0.0 < s["label_mass"] <= 1.0
 
 
+def test_single_scoring_with_small_causal_blocks(tiny_model, smol_tokenizer, questions, monkeypatch):
+    """The trie forward in several causal query blocks (decoder.CAUSAL_BLOCK) reads the same distribution."""
+    from metacog_jax.models import decoder
+
+    scale = prompts.confidence_scale("0-1")
+    whole = scoring.score_single(tiny_model, smol_tokenizer, questions[:1], ["17"], scale, batch_size=2)
+    monkeypatch.setattr(decoder, "CAUSAL_BLOCK", 16)
+    jax.clear_caches()  # the compiled forward baked in the old block size
+    try:
+        blocked = scoring.score_single(tiny_model, smol_tokenizer, questions[:1], ["17"], scale, batch_size=2)
+    finally:
+        jax.clear_caches()
+    assert whole[0]["prompt_tokens"] > 3 * 16  # several blocks
+    np.testing.assert_allclose(blocked[0]["distribution"], whole[0]["distribution"], atol=1e-6)
+
+
 def test_single_prefix_stops_at_confidence_slot(smol_tokenizer, questions):
     prefix = scoring.single_prefix(smol_tokenizer, questions[0], "17", "0-1")
     assert smol_tokenizer.decode(prefix).endswith("The answer is 17 and my confidence score is")
@@ -145,6 +161,7 @@ def test_trie_layout_and_mask():
     assert mask[4].tolist() == [True, True, True, True, True, False, False, False]
     for r in range(5, 8):  # padding sees only itself
         assert mask[r].tolist() == [c == r for c in range(8)]
+    assert not np.triu(mask, 1).any()  # lower-triangular: the model may skip key blocks above the diagonal
     # Siblings never see each other.
     sib = scoring.build_trie([[1, 2], [3, 4]])
     m, _ = scoring.trie_attention(jnp.asarray([2]), jnp.asarray(sib.node_depth), jnp.asarray(sib.ancestor), 4)

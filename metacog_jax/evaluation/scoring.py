@@ -207,7 +207,8 @@ def _label_logprobs(graphdef, state, tokens, prefix_len, node_depth, ancestor, r
     _, t = tokens.shape
     m = node_depth.shape[0]
     mask, positions = trie_attention(prefix_len, node_depth, ancestor, t)
-    hidden, _ = model(tokens, positions, attention_mask=mask, return_hidden=True)
+    # The trie mask is lower-triangular (prefix causal, nodes after their ancestors, padding on itself).
+    hidden, _ = model(tokens, positions, attention_mask=mask, mask_is_causal=True, return_hidden=True)
     # Rows P-1 (last prefix token) .. P+M-1 (last node) are contiguous: gather them, then project to the
     # vocabulary only there (never [B, T, V]).
     rows = prefix_len[:, None] - 1 + jnp.arange(m + 1)[None, :]
