@@ -92,14 +92,37 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
 
 
 def sample_inverse_cdf(logits: jax.Array, keys: jax.Array) -> jax.Array:
-    """One token per row of logits [R, V] drawn from softmax(logits), with one uniform per row (key [R]).
+    """One token per row of logits [R, V] drawn from softmax(logits), with one uniform per row (key [R])."""
+    return sample_from_weights(jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), keys)
 
-    Exact categorical sampling by inverting the cumulative distribution: several times cheaper on CPU
-    than jax.random.categorical, which draws V Gumbel variates per row.
+
+CDF_BLOCK = 256
+
+
+def sample_from_weights(weights: jax.Array, keys: jax.Array, block: int = CDF_BLOCK) -> jax.Array:
+    """One index per row of non-negative weights [R, V] drawn with probability weights / sum, by inverting
+    the cumulative distribution with one uniform per row (key [R]).
+
+    Exact categorical sampling, several times cheaper on CPU than jax.random.categorical (which draws V
+    Gumbel variates per row). Two levels: the cumulative sums of blocks of `block` weights locate the
+    block holding the draw, then a cumulative sum inside that block alone locates the index, so only one
+    pass over the V weights is made besides the sums.
     """
-    cdf = jnp.cumsum(jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), axis=-1)
-    u = jax.vmap(lambda k: jax.random.uniform(k, minval=1e-7))(keys) * cdf[:, -1]
-    return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), logits.shape[-1] - 1)
+    r, v = weights.shape
+    nb = -(-v // block)
+    w = jnp.pad(weights, ((0, 0), (0, nb * block - v))).reshape(r, nb, block)
+    block_sum = jnp.sum(w, axis=-1)  # [R, nb]
+    block_cdf = jnp.cumsum(block_sum, axis=-1)
+    u = jax.vmap(lambda k: jax.random.uniform(k, minval=1e-7))(keys) * block_cdf[:, -1]  # in (0, total]
+    j = jnp.minimum(jnp.sum(block_cdf < u[:, None], axis=-1), nb - 1)  # first block whose cdf reaches u
+    inside = jnp.take_along_axis(w, j[:, None, None], axis=1)[:, 0]  # [R, block]
+    rest = u - (jnp.take_along_axis(block_cdf, j[:, None], axis=1)[:, 0]
+                - jnp.take_along_axis(block_sum, j[:, None], axis=1)[:, 0])
+    i = jnp.sum(jnp.cumsum(inside, axis=-1) < rest[:, None], axis=-1)
+    # Rounding can leave `rest` a hair above the block's own sum: take its last positive weight then.
+    last_positive = block - 1 - jnp.argmax((inside > 0)[:, ::-1], axis=-1)
+    i = jnp.where(i >= block, last_positive, i)
+    return jnp.minimum(j * block + i, v - 1)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int):
@@ -136,16 +159,23 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     stop = jnp.asarray(stop_ids, jnp.int32)
     pad = jnp.int32(pad_id)
 
+    plain = params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0
+
     def choose(logits, step):
         # log p(token) under the untempered model, from one logsumexp (no [R, V] log-softmax kept).
-        lse = jax.nn.logsumexp(logits, axis=-1)
+        peak = jnp.max(logits, axis=-1, keepdims=True)
+        unnormalized = jnp.exp(logits - peak)
+        lse = peak[:, 0] + jnp.log(jnp.sum(unnormalized, axis=-1))
         greedy_tok = jnp.argmax(logits, axis=-1)
         if params.temperature == 0.0:
             tok = greedy_tok
         else:
-            z = filter_logits(logits / params.temperature, params.top_k, params.top_p)
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-            tok = sample_inverse_cdf(z, keys)
+            if plain:  # temperature 1, no filter: the softmax weights are the ones just computed
+                tok = sample_from_weights(unnormalized, keys)
+            else:
+                tok = sample_inverse_cdf(filter_logits(logits / params.temperature, params.top_k,
+                                                       params.top_p), keys)
             if params.greedy_first:
                 tok = jnp.where(sample_index == 0, greedy_tok, tok)
         tok = tok.astype(jnp.int32)

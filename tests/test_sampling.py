@@ -134,6 +134,18 @@ def test_inverse_cdf_sampling_matches_softmax():
     assert freq[4] == 0.0  # a zero-probability token is never drawn
 
 
+def test_two_level_sampling_across_blocks():
+    """Weights spread over several CDF blocks (and a short last block): frequencies match, zeros never drawn."""
+    v = 3 * sampling.CDF_BLOCK + 17
+    probs = np.zeros(v)
+    probs[[0, 255, 256, 700, v - 1]] = [0.1, 0.3, 0.2, 0.15, 0.25]
+    weights = jnp.asarray(np.tile(probs * 7.0, (20000, 1)), jnp.float32)  # unnormalized on purpose
+    draws = np.asarray(sampling.sample_from_weights(weights, jax.random.split(jax.random.key(1), 20000)))
+    freq = np.bincount(draws, minlength=v) / len(draws)
+    np.testing.assert_allclose(freq, probs, atol=0.012)
+    assert set(np.unique(draws)) <= {0, 255, 256, 700, v - 1}
+
+
 def test_length_bucket_ladders():
     from metacog_jax.sampling import length_bucket
 
