@@ -8,6 +8,18 @@ import statistics
 import time
 
 
+_ALLOCATOR = {"tuned": False}
+
+
+def tune_allocator() -> bool:
+    """The process setup of every `metacog` model stage (metacog_jax.sharding.tune_host_allocator: glibc
+    malloc keeps freed memory for reuse), applied first thing so that both sides run with it."""
+    from metacog_jax.sharding import tune_host_allocator
+
+    _ALLOCATOR["tuned"] = tune_host_allocator()
+    return _ALLOCATOR["tuned"]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -19,7 +31,9 @@ def machine() -> str:
         pass
     import jax
 
-    return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+    malloc = "tuned" if _ALLOCATOR["tuned"] else "default"
+    return (f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}, "
+            f"glibc malloc {malloc}")
 
 
 def best_of(fn, repeats: int = 3) -> float:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, machine  # noqa: E402
+from common import best_of, machine, tune_allocator  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?", "Name the largest planet in the solar system.",
@@ -33,6 +33,7 @@ QUESTIONS = [
 
 
 def main():
+    tune_allocator()  # before either side allocates
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new_tokens", type=int, default=40)

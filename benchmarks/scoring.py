@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, machine  # noqa: E402
+from common import best_of, machine, tune_allocator  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = "0-1"
@@ -143,6 +143,7 @@ def renormalize(logp: np.ndarray) -> np.ndarray:
 
 
 def main():
+    tune_allocator()  # before either side allocates
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)

@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, tune_allocator  # noqa: E402
 
 # configs/*.py import their own module named `common`; let them find it instead of this directory's.
 sys.modules.pop("common")
@@ -251,6 +251,7 @@ def analytic_flops(n_params: int, n_lora: int, tokens: int, lora: bool) -> float
 
 
 def main():
+    tune_allocator()  # before either side allocates
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=2, help="rows (4 on a quiet machine; 2 keeps the default "
                     "run near 5 minutes on 2 CPU cores)")

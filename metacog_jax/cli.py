@@ -122,8 +122,9 @@ def _run(cmd, args, spec, overrides) -> int:
         study.serve(args.items, args.db, host=args.host, port=args.port)
         return 0
 
-    from metacog_jax.sharding import enable_compilation_cache
+    from metacog_jax.sharding import enable_compilation_cache, tune_host_allocator
 
+    tune_host_allocator()
     enable_compilation_cache()
     config = _config(spec, overrides, cmd)
     if args.data_dir is not None:

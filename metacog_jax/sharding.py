@@ -629,8 +629,41 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     if not path or path.lower() == "off":
         return None
     path = os.path.expanduser(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"compilation cache directory {path!r} cannot be created ({e.strerror}); set "
+                         "METACOG_COMPILATION_CACHE to a writable directory, or to 'off'") from e
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def tune_host_allocator() -> bool:
+    """Let glibc malloc keep freed host memory for reuse instead of returning it to the kernel.
+
+    XLA:CPU allocates a step's temporary buffers afresh on every execution. By default glibc serves large
+    blocks with mmap and unmaps them on free, so every training step page-faults its whole working set in
+    again (about 500k minor faults and 0.8 s of kernel time per SmolLM2-135M step on the 2-core CPU).
+    With mmap off for malloc, a 2 GiB trim threshold and one arena, freed blocks are reused: the same LoRA
+    step runs 3.6 -> 3.3 s. The cost is that a process's resident memory stays near its peak.
+
+    Call it early, before threads start allocating (the `metacog` CLI does for every model stage; so do
+    the benchmarks, for both sides). METACOG_HOST_MALLOC=off leaves malloc alone. Returns True if the
+    settings were applied (glibc only; elsewhere it does nothing).
+    """
+    if os.environ.get("METACOG_HOST_MALLOC", "on").lower() in ("off", "0", "false", ""):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, 1) & mallopt(_M_MMAP_MAX, 0) & mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))

@@ -336,5 +336,41 @@ def test_enable_compilation_cache(tmp_path, monkeypatch):
         assert (tmp_path / "env_cache").is_dir()
         explicit = enable_compilation_cache(str(tmp_path / "explicit"))
         assert explicit == str(tmp_path / "explicit") == jax.config.jax_compilation_cache_dir
+        (tmp_path / "a_file").write_text("")
+        with pytest.raises(ValueError, match="a_file.*cannot be created.*METACOG_COMPILATION_CACHE"):
+            enable_compilation_cache(str(tmp_path / "a_file" / "cache"))
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+HOST_MALLOC_PROBE = """
+import ctypes, resource, sys
+from metacog_jax.sharding import tune_host_allocator
+applied = tune_host_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+n = 64 << 20
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(6):  # allocate, touch and free a 64 MiB block, as a step's temporaries are
+    p = libc.malloc(n)
+    ctypes.memset(p, 1, n)
+    libc.free(ctypes.c_void_p(p))
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_tune_host_allocator_reuses_freed_memory():
+    """With the tuning, a freed 64 MiB block is reused (its pages fault in once); without it, glibc
+    unmaps it and every allocation faults all 16k pages in again."""
+    def probe(setting):
+        env = dict(os.environ, METACOG_HOST_MALLOC=setting)
+        out = subprocess.run([sys.executable, "-c", HOST_MALLOC_PROBE], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    applied, tuned = probe("on")
+    not_applied, default = probe("off")
+    assert applied and not not_applied
+    pages = (64 << 20) // 4096
+    assert default >= 5 * pages  # every round faults its pages in
+    assert tuned < 2 * pages  # only the first round does
