@@ -6,9 +6,9 @@ single-question and pairwise formats by data/batching.py, first-fit packed, role
 AdamW (lr, betas, eps, weight decay and global-norm clipping from the multitask experiment config), and the
 loss  sum_t w_t CE_t / #{t: w_t > 0}.
 
-Ours: the step is built exactly as trainer.train builds it (prepare_model on a one-device mesh, split_model,
-make_optimizer, make_train_step, jax.jit with the trainer's shardings and donate_argnums=(0, 1)); by default
-the LM head and softmax run only at the <= train.loss_positions weighted positions of each row. It is also
+Ours: trainer.setup_training builds the step, the same call trainer.train makes (here on a one-device
+mesh: model split into states, optimizer, step jitted with the trainer's shardings and donate_argnums=(0, 1));
+by default the LM head and softmax run only at the <= train.loss_positions weighted positions of each row. It is also
 timed with loss_positions=0 (logits everywhere) to show what that saves.
 
 PyTorch: AutoModelForCausalLM (sdpa attention) with packed rows given as position_ids that restart per
@@ -105,34 +105,22 @@ def build_ours(config, local_batch: dict[str, np.ndarray]) -> tuple[Callable[[],
 
     from metacog_jax import sharding as sharding_lib
     from metacog_jax.models import lora as lora_lib
-    from metacog_jax.models.build import rules_from_config
     from metacog_jax.train import trainer
 
     mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     t = config.train
-    loaded, _ = trainer.prepare_model(config, mesh)
-    graphdef, trainable, frozen, other = trainer.split_model(loaded.model, config)
-    tx, _ = trainer.make_optimizer(t)
-    rules = rules_from_config(config)
-    tr_sh = sharding_lib.state_shardings(trainable, mesh, rules)
-    fr_sh = sharding_lib.state_shardings(frozen, mesh, rules)
-    ot_sh = sharding_lib.state_shardings(other, mesh, rules)
-    opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
-    b_sh = trainer._batch_shardings(mesh)
-    step_fn = jax.jit(trainer.make_train_step(graphdef, config, tx),
-                      in_shardings=(tr_sh, opt_sh, fr_sh, ot_sh, b_sh, None),
-                      out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
+    setup = trainer.setup_training(config, mesh)
+    trainable, opt_state, frozen, other = setup.trainable, setup.opt_state, setup.frozen, setup.other
     trainer.check_loss_positions(local_batch, t.loss_positions)
     batch = sharding_lib.shard_batch({k: local_batch[k] for k in trainer.BATCH_KEYS}, mesh)
 
     t0 = time.perf_counter()
-    compiled = step_fn.lower(trainable, opt_state, frozen, other, batch, 0).compile()
+    compiled = setup.step_fn.lower(trainable, opt_state, frozen, other, batch, 0).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     info = {"compile_s": compile_s, "trainable_params": lora_lib.count_params(trainable),
-            "model_params": loaded.config.num_params(),
+            "model_params": setup.loaded.config.num_params(),
             "xla_flops": float((cost or {}).get("flops", float("nan")))}  # what the compiled step executes
     state = {"trainable": trainable, "opt": opt_state, "step": 0}
 

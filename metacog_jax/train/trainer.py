@@ -199,6 +199,49 @@ class _Preempted:
             signal.signal(signal.SIGTERM, self._old)
 
 
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything a run steps with: the model split into states placed on the mesh, the optimizer, and
+    `step_fn(trainable, opt_state, frozen, other, batch, step) -> (trainable, opt_state, stats)`,
+    jitted with the states' shardings and donating the trainable and optimizer states."""
+
+    loaded: Any
+    lora_paths: list[str]
+    graphdef: Any
+    trainable: Any
+    frozen: Any
+    other: Any
+    opt_state: Any
+    tx: optax.GradientTransformation
+    schedule: Callable
+    trainable_shardings: Any
+    opt_shardings: Any
+    step_fn: Callable
+
+
+def setup_training(config: ml_collections.ConfigDict, mesh, label_token_ids=None,
+                   label_values=None) -> TrainSetup:
+    """Load the model onto `mesh`, split it, build the optimizer and the jitted train step."""
+    t = config.train
+    loaded, lora_paths = prepare_model(config, mesh)
+    graphdef, trainable, frozen, other = split_model(loaded.model, config)
+    if t.lora.rank == 0:
+        sharding_lib.assert_sufficiently_sharded(nnx.state(loaded.model), mesh)
+    tx, schedule = make_optimizer(t)
+    rules = rules_from_config(config)
+    tr_sh = sharding_lib.state_shardings(trainable, mesh, rules)
+    fr_sh = sharding_lib.state_shardings(frozen, mesh, rules)
+    ot_sh = sharding_lib.state_shardings(other, mesh, rules)
+    # Moments are nnx Variables carrying the parameters' logical axes, so they shard like them.
+    opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
+    step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values),
+                      in_shardings=(tr_sh, opt_sh, fr_sh, ot_sh, _batch_shardings(mesh), None),
+                      out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
+    return TrainSetup(loaded, lora_paths, graphdef, trainable, frozen, other, opt_state, tx, schedule,
+                      tr_sh, opt_sh, step_fn)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: BatchSource, *,
           label_token_ids=None, label_values=None, eval_fn: Callable | None = None,
           stop_after: int | None = None, progress: bool = True) -> dict:
@@ -212,22 +255,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: Batch
     sharding_lib.maybe_initialize_distributed()
     mesh = mesh_from_config(config)
     sharding_lib.check_batch_divisible(t.batch_size, mesh)
-    loaded, lora_paths = prepare_model(config, mesh)
-    graphdef, trainable, frozen, other = split_model(loaded.model, config)
-    if t.lora.rank == 0:
-        sharding_lib.assert_sufficiently_sharded(nnx.state(loaded.model), mesh)
-    tx, schedule = make_optimizer(t)
-    rules = rules_from_config(config)
-    tr_sh = sharding_lib.state_shardings(trainable, mesh, rules)
-    fr_sh = sharding_lib.state_shardings(frozen, mesh, rules)
-    ot_sh = sharding_lib.state_shardings(other, mesh, rules)
-    # Moments are nnx Variables carrying the parameters' logical axes, so they shard like them.
-    opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
-    b_sh = _batch_shardings(mesh)
-    step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values),
-                      in_shardings=(tr_sh, opt_sh, fr_sh, ot_sh, b_sh, None),
-                      out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
+    ts = setup_training(config, mesh, label_token_ids, label_values)
+    loaded, lora_paths, graphdef, trainable, frozen, other, opt_state = (
+        ts.loaded, ts.lora_paths, ts.graphdef, ts.trainable, ts.frozen, ts.other, ts.opt_state)
+    schedule, step_fn, tr_sh, opt_sh = ts.schedule, ts.step_fn, ts.trainable_shardings, ts.opt_shardings
 
     meta = structure_meta(loaded.config, config, lora_paths)
     ckpt = RunCheckpoints(workdir / "checkpoints", keep=t.keep_checkpoints)
