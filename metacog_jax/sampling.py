@@ -147,10 +147,12 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     k, n = params.num_samples, params.max_new_tokens
-    cache = KVCache.init(model.config, b, p + n, model.dtype)
+    cache = KVCache.init(model.config, b, p, model.dtype)
     hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
     logits = model.logits(hidden[:, -1])
-    cache = cache.repeat(k)
+    # The K samples of a prompt share its prefilled keys/values (stored and read once per prompt); each
+    # sample row gets n slots of its own for the tokens it generates.
+    cache = cache.share_prefix(k, n)
     logits = jnp.repeat(logits, k, axis=0)
     next_pos = jnp.repeat(positions[:, -1] + 1, k)
     sample_index = jnp.tile(jnp.arange(k), b)

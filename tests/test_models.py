@@ -119,6 +119,32 @@ def test_causal_blocks_match_transformers_and_unblocked_gradients(pair, monkeypa
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
 
 
+def test_shared_prefix_cache_matches_repeated_cache(pair):
+    """Decoding n continuations per prompt from a shared prefix (KVCache.share_prefix) gives the logits of
+    decoding them from n repeated copies of the prefilled cache."""
+    from metacog_jax.models.decoder import KVCache
+
+    name, _, ours, _ = pair
+    model = ours.model
+    ids, mask, pos = (jnp.asarray(a, jnp.int32) for a in padded_batch())  # 3 left-padded prompts
+    b, p = ids.shape
+    n, steps = 2, 4
+    outs = {}
+    for mode in ("repeat", "share"):
+        cache = KVCache.init(model.config, b, p + steps if mode == "repeat" else p)
+        hidden, cache = model(ids, pos, segment_ids=mask, cache=cache, return_hidden=True)
+        cache = cache.repeat(n) if mode == "repeat" else cache.share_prefix(n, steps)
+        next_pos = jnp.repeat(pos[:, -1] + 1, n)
+        tok = jnp.arange(b * n, dtype=jnp.int32) * 97 + 5  # different tokens per continuation
+        logits = []
+        for i in range(steps):
+            out, cache = model(tok[:, None], (next_pos + i)[:, None], cache=cache)
+            logits.append(np.asarray(out[:, 0]))
+            tok = jnp.argmax(out[:, 0], axis=-1).astype(jnp.int32)
+        outs[mode] = np.stack(logits)
+    np.testing.assert_allclose(outs["share"], outs["repeat"], atol=1e-4, rtol=1e-5, err_msg=name)
+
+
 def test_config_read_from_config_json(pair):
     name, hf, ours, path = pair
     cfg = ours.config

@@ -71,12 +71,21 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 class KVCache(NamedTuple):
     """Per-layer keys/values [B, K, S, H] (heads-major, the layout attention multiplies in), slot validity
-    [B, S] and the next write slot (scalar)."""
+    [B, S] and the next write slot (scalar).
+
+    Optionally a read-only prefix shared by groups of rows (`share_prefix`): prefix keys/values
+    [B / n, K, P, H] and validity [B / n, P], where rows r*n .. r*n + n - 1 continue prefix row r. Every
+    token written to the cache then attends to all valid prefix slots as well as to the cache's own slots,
+    and the prefix is stored and read once per group instead of once per row.
+    """
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
     valid: jax.Array
     index: jax.Array
+    prefix_keys: tuple[jax.Array, ...] | None = None
+    prefix_values: tuple[jax.Array, ...] | None = None
+    prefix_valid: jax.Array | None = None
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
@@ -86,8 +95,21 @@ class KVCache(NamedTuple):
 
     def repeat(self, n: int) -> "KVCache":
         """Each batch row repeated n times consecutively ([B, ...] -> [B*n, ...]): one prefill, n samples."""
+        if self.prefix_keys is not None:
+            raise ValueError("repeat() of a cache with a shared prefix")
         rep = lambda a: jnp.repeat(a, n, axis=0)
         return KVCache(tuple(map(rep, self.keys)), tuple(map(rep, self.values)), rep(self.valid), self.index)
+
+    def share_prefix(self, n: int, length: int) -> "KVCache":
+        """This (filled) cache becomes a prefix shared by n consecutive rows per batch row, followed by
+        `length` empty own slots per row ([B*n, K, length, H]): one prefill, n continuations, each prefix
+        stored and read once. Slots of the prefix that were never written must be invalid."""
+        if self.prefix_keys is not None:
+            raise ValueError("the cache already has a shared prefix")
+        b, k, _, h = self.keys[0].shape
+        zeros = tuple(jnp.zeros((b * n, k, length, h), a.dtype) for a in self.keys)
+        return KVCache(zeros, zeros, jnp.zeros((b * n, length), bool), jnp.zeros((), jnp.int32),
+                       self.keys, self.values, self.valid)
 
 
 class Attention(nnx.Module):
@@ -100,10 +122,12 @@ class Attention(nnx.Module):
         self.o_proj = _linear(cfg, n * h, d, ("heads", "embed"), bias=False, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
 
-    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False):
+    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None):
         """x [B*T, D] (flattened tokens); sin, cos [B, T, H//2]; bias [B, T, S] float32 (0 where a query
         may attend, MASKED where not); kv: this layer's cache (keys, values) [B, K, S, H] or None; causal:
-        the bias masks every key after its query (no cache), so key blocks above the diagonal can be skipped.
+        the bias masks every key after its query (no cache), so key blocks above the diagonal can be skipped;
+        prefix: (keys, values [B/n, K, P, H], bias [B/n, P]) of a prefix shared by groups of n rows, attended
+        to besides kv (see KVCache.share_prefix).
 
         Returns the output [B*T, D] and the updated (keys, values) (None without a cache).
 
@@ -125,12 +149,49 @@ class Attention(nnx.Module):
             key, val = keys.astype(x.dtype), vals.astype(x.dtype)
         q = (q * h ** -0.5).reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
         c = CAUSAL_BLOCK
-        if causal and kv is None and c and t > c:
+        if prefix is not None:
+            out = _attend_with_prefix(q, key, val, bias, *prefix)
+        elif causal and kv is None and c and t > c:
             out = jnp.concatenate([_attend(q[:, :, :, i:i + c], key[:, :, :i + c], val[:, :, :i + c],
                                            bias[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=3)
         else:
             out = _attend(q, key, val, bias)
         return self.o_proj(out.transpose(0, 3, 1, 2, 4).reshape(b * t, n * h)), new_kv
+
+
+def _attend_with_prefix(q, key, val, bias, p_key, p_val, p_bias):
+    """_attend over a row's own keys plus the keys of a prefix shared by groups of n = B / B_p rows.
+
+    q [B, K, G, T, H]; own keys/values [B, K, S, H] with bias [B, T, S]; prefix keys/values [B_p, K, P, H]
+    with bias [B_p, P] (the same for every query: the prefix precedes them all). One softmax over both;
+    the prefix is read once per group, the group's n*G*T queries being the rows of one matmul.
+    """
+    b, k, g, t, h = q.shape
+    bp = p_key.shape[0]
+    n = b // bp
+
+    def grouped(a):  # [B, K, G, T, *r] -> [B_p, K, n*G*T, *r]
+        r = a.shape[4:]
+        a = a.reshape(bp, n, k, g, t, *r)
+        return jnp.moveaxis(a, 1, 2).reshape(bp, k, n * g * t, *r)
+
+    def ungrouped(a):  # [B_p, K, n*G*T, *r] -> [B, K, G, T, *r]
+        r = a.shape[3:]
+        a = a.reshape(bp, k, n, g, t, *r)
+        return jnp.moveaxis(a, 2, 1).reshape(b, k, g, t, *r)
+
+    own = jnp.einsum("bkgth,bksh->bkgts", q, key, preferred_element_type=jnp.float32) + bias[:, None, None]
+    pre = jnp.einsum("bkqh,bksh->bkqs", grouped(q), p_key, preferred_element_type=jnp.float32)
+    pre = pre + p_bias[:, None, None, :]
+    peak = jnp.maximum(jnp.max(own, axis=-1), ungrouped(jnp.max(pre, axis=-1)))  # [B, K, G, T]
+    peak = jax.lax.stop_gradient(peak)
+    w_own = jnp.exp(own - peak[..., None])
+    w_pre = jnp.exp(pre - grouped(peak)[..., None])
+    out = jnp.einsum("bkgts,bksh->bkgth", w_own.astype(q.dtype), val, preferred_element_type=jnp.float32)
+    out = out + ungrouped(jnp.einsum("bkqs,bksh->bkqh", w_pre.astype(q.dtype), p_val,
+                                     preferred_element_type=jnp.float32))
+    total = jnp.sum(w_own, axis=-1) + ungrouped(jnp.sum(w_pre, axis=-1))
+    return (out / total[..., None]).astype(q.dtype)
 
 
 def _attend(q, key, val, bias):
@@ -164,8 +225,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, **kw)
 
-    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal)
+    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal, prefix)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
@@ -234,16 +295,22 @@ class Decoder(nnx.Module):
             mask = (k_slots[None, None, :] <= q_slots[None, :, None]) & valid[:, None, :]
         causal = cache is None and (attention_mask is None or mask_is_causal)
         bias = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)  # once, shared by every layer
+        if cache is not None and cache.prefix_valid is not None:
+            prefix_bias = jnp.where(cache.prefix_valid, 0.0, MASKED).astype(jnp.float32)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index, causal)
+            prefix = None
+            if cache is not None and cache.prefix_keys is not None:
+                prefix = (cache.prefix_keys[i], cache.prefix_values[i], prefix_bias)
+            x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index, causal, prefix)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
         x = self.norm(x).reshape(b, t, -1)
         if cache is not None:
-            cache = KVCache(tuple(new_keys), tuple(new_values), valid, cache.index + t)
+            cache = cache._replace(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
+                                   index=cache.index + t)
         return (x if return_hidden else self.logits(x)), cache
 
 
