@@ -160,7 +160,7 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
         trainable = optax.apply_updates(trainable, updates)
         stats = losses.metrics_from_terms(terms)
         stats["loss"] = losses.total_loss(terms, brier_w)
-        stats["grad_norm"] = optax.global_norm(grads)
+        stats["grad_norm"] = optax.tree.norm(grads)
         stats["n_tokens"] = terms["n_tokens"]
         return trainable, opt_state, stats
 
