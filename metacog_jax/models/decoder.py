@@ -74,7 +74,7 @@ class KVCache(NamedTuple):
     [B, S] and the next write slot (scalar).
 
     Optionally a read-only prefix shared by groups of rows (`share_prefix`): prefix keys/values
-    [B / n, K, P, H] and validity [B / n, P], where rows r*n .. r*n + n - 1 continue prefix row r. Every
+    [B / n, K, P, H] and an additive attention bias [B / n, P] (0 for valid slots, MASKED for padding), where rows r*n .. r*n + n - 1 continue prefix row r. Every
     token written to the cache then attends to all valid prefix slots as well as to the cache's own slots,
     and the prefix is stored and read once per group instead of once per row.
     """
@@ -85,7 +85,7 @@ class KVCache(NamedTuple):
     index: jax.Array
     prefix_keys: tuple[jax.Array, ...] | None = None
     prefix_values: tuple[jax.Array, ...] | None = None
-    prefix_valid: jax.Array | None = None
+    prefix_bias: jax.Array | None = None
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
@@ -108,8 +108,9 @@ class KVCache(NamedTuple):
             raise ValueError("the cache already has a shared prefix")
         b, k, _, h = self.keys[0].shape
         zeros = tuple(jnp.zeros((b * n, k, length, h), a.dtype) for a in self.keys)
+        bias = jnp.where(self.valid, 0.0, MASKED).astype(jnp.float32)  # once, not per decoded token
         return KVCache(zeros, zeros, jnp.zeros((b * n, length), bool), jnp.zeros((), jnp.int32),
-                       self.keys, self.values, self.valid)
+                       self.keys, self.values, bias)
 
 
 class Attention(nnx.Module):
@@ -151,7 +152,7 @@ class Attention(nnx.Module):
         c = CAUSAL_BLOCK
         if prefix is not None:
             out = _attend_with_prefix(q, key, val, bias, *prefix)
-        elif causal and kv is None and c and t > c:
+        elif causal and c and t > c:
             out = jnp.concatenate([_attend(q[:, :, :, i:i + c], key[:, :, :i + c], val[:, :, :i + c],
                                            bias[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=3)
         else:
@@ -295,14 +296,12 @@ class Decoder(nnx.Module):
             mask = (k_slots[None, None, :] <= q_slots[None, :, None]) & valid[:, None, :]
         causal = cache is None and (attention_mask is None or mask_is_causal)
         bias = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)  # once, shared by every layer
-        if cache is not None and cache.prefix_valid is not None:
-            prefix_bias = jnp.where(cache.prefix_valid, 0.0, MASKED).astype(jnp.float32)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
             prefix = None
             if cache is not None and cache.prefix_keys is not None:
-                prefix = (cache.prefix_keys[i], cache.prefix_values[i], prefix_bias)
+                prefix = (cache.prefix_keys[i], cache.prefix_values[i], cache.prefix_bias)
             x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index, causal, prefix)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
