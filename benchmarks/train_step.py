@@ -55,8 +55,9 @@ CONFIG = REPO / "configs" / "multitask.py"
 
 # -- the batch ------------------------------------------------------------------------------------------
 def training_batch(tokenizer, batch: int, seq_len: int, scale_name: str = "0-1", mix: float = 0.5,
-                   seed: int = 0) -> dict[str, np.ndarray]:
-    """One packed multitask training batch (numpy, every array [batch, seq_len]) of real examples.
+                   seed: int = 0):
+    """One packed multitask training batch (numpy, every array [batch, seq_len]) of real examples, and the
+    BatchBuilder it came from (the trainer reads its attention window from it).
 
     Single examples answer with the gold answer and a target confidence spread over [0, 1]; pairwise examples
     pair consecutive questions. Enough questions are generated that the rows are full.
@@ -77,7 +78,7 @@ def training_batch(tokenizer, batch: int, seq_len: int, scale_name: str = "0-1",
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     builder = batching.BatchBuilder(single, pairwise, batch_size=batch, max_len=seq_len, mix=mix, packing=True,
                                     seed=seed, pad_id=pad, skip_too_long=True)
-    return builder.get(0)
+    return builder.get(0), builder
 
 
 def experiment_config(batch: int, seq_len: int, lora_rank: int | None, loss_positions: int | None):
@@ -95,7 +96,7 @@ def experiment_config(batch: int, seq_len: int, lora_rank: int | None, loss_posi
 
 
 # -- ours -----------------------------------------------------------------------------------------------
-def build_ours(config, local_batch: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
+def build_ours(config, local_batch: dict[str, np.ndarray], builder) -> tuple[Callable[[], None], dict]:
     """Build the step as trainer.train does (one-device mesh), compile it and run the warm-up step.
 
     Returns (run one more step and wait for it, info: compile time, first loss, parameter counts, the
@@ -109,7 +110,9 @@ def build_ours(config, local_batch: dict[str, np.ndarray]) -> tuple[Callable[[],
 
     mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     t = config.train
-    setup = trainer.setup_training(config, mesh)
+    window = trainer.resolve_attention_window(config, builder)  # as trainer.train resolves it
+    trainer.check_attention_window(local_batch, window)
+    setup = trainer.setup_training(config, mesh, attention_window=window)
     trainable, opt_state, frozen, other = setup.trainable, setup.opt_state, setup.frozen, setup.other
     trainer.check_loss_positions(local_batch, t.loss_positions)
     batch = sharding_lib.shard_batch({k: local_batch[k] for k in trainer.BATCH_KEYS}, mesh)
@@ -121,7 +124,8 @@ def build_ours(config, local_batch: dict[str, np.ndarray]) -> tuple[Callable[[],
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     info = {"compile_s": compile_s, "trainable_params": lora_lib.count_params(trainable),
             "model_params": setup.loaded.config.num_params(),
-            "xla_flops": float((cost or {}).get("flops", float("nan")))}  # what the compiled step executes
+            "xla_flops": float((cost or {}).get("flops", float("nan"))),  # what the compiled step executes
+            "attention_window": window}
     state = {"trainable": trainable, "opt": opt_state, "step": 0}
 
     def run() -> None:
@@ -249,6 +253,9 @@ def main():
     ap.add_argument("--no_torch", action="store_true", help="time only our step")
     ap.add_argument("--all_positions", type=str, default="full",
                     help="modes in which our step is also timed with loss_positions=0 (comma list; '' = none)")
+    ap.add_argument("--whole_rows", type=str, default="",
+                    help="modes in which our step is also timed with attention over whole rows "
+                         "(train.attention_window=0; comma list)")
     ap.add_argument("--json", type=str, default="")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -265,7 +272,7 @@ def main():
     spec = "smollm2-135m-instruct-gguf"
     path = embedded_model_path(spec)
     tokenizer = tokenizer_from_spec(spec)
-    local = training_batch(tokenizer, args.batch, args.seq_len)
+    local, builder = training_batch(tokenizer, args.batch, args.seq_len)
     b, tl = local["tokens"].shape
     tokens = b * tl
     weighted = int((local["loss_weights"] > 0).sum())
@@ -284,10 +291,15 @@ def main():
             raise SystemExit(f"{CONFIG} has train.lora.rank=0; the lora mode needs a rank")
         entry = {"loss_positions": int(base_cfg.train.loss_positions), "lora_rank": int(base_cfg.train.lora.rank)}
         runners = {}
-        runners["ours"], entry["ours"] = build_ours(base_cfg, local)
+        runners["ours"], entry["ours"] = build_ours(base_cfg, local, builder)
         if mode in args.all_positions.split(","):
             runners["ours_all_positions"], entry["ours_all_positions"] = build_ours(
-                experiment_config(b, tl, base_cfg.train.lora.rank, 0), local)
+                experiment_config(b, tl, base_cfg.train.lora.rank, 0), local, builder)
+        if mode in args.whole_rows.split(","):
+            cfg = experiment_config(b, tl, base_cfg.train.lora.rank, None)
+            with cfg.unlocked():
+                cfg.train.attention_window = 0
+            runners["ours_whole_rows"], entry["ours_whole_rows"] = build_ours(cfg, local, builder)
         if not args.no_torch:
             runners["torch"], entry["torch"] = build_torch(base_cfg, local, path.parent, path.name)
         for name, times in time_in_blocks(runners, args.steps).items():
@@ -299,7 +311,7 @@ def main():
         n_lora = ours["trainable_params"] if mode == "lora" else 0
         flops = analytic_flops(n_params, n_lora, tokens, mode == "lora")
         entry["analytic_flops_per_step"] = flops
-        for side in ("ours", "ours_all_positions", "torch"):
+        for side in ("ours", "ours_all_positions", "ours_whole_rows", "torch"):
             if side in entry:
                 s = entry[side]["best_s"]
                 entry[side].update(tokens_per_s=tokens / s, flops_per_s=flops / s, mfu=flops / s / peak)
@@ -307,6 +319,8 @@ def main():
             entry["ratio_ours_over_torch"] = entry["torch"]["best_s"] / ours["best_s"]
         if "ours_all_positions" in entry:
             entry["speedup_loss_positions"] = entry["ours_all_positions"]["best_s"] / ours["best_s"]
+        if "ours_whole_rows" in entry:
+            entry["speedup_attention_window"] = entry["ours_whole_rows"]["best_s"] / ours["best_s"]
         result["modes"][mode] = entry
     result["params"] = n_params
 
@@ -315,12 +329,16 @@ def main():
           f"tokens/step ({real} real, {weighted} weighted = {100 * result['weighted_share']:.1f}%, "
           f"at most {result['max_weighted_per_row']} per row)")
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (1024^2 float32 jitted matmul)")
+    windows = sorted({e["ours"]["attention_window"] for e in result["modes"].values()})
+    print(f"our attention window: {', '.join(map(str, windows))} tokens (train.attention_window=-1: the longest "
+          "example; packed examples never attend to each other, so this is exact)")
     for mode, e in result["modes"].items():
         formula = "6 N tokens" if mode == "full" else "4 N tokens + 6 N_lora tokens"
         print(f"[{mode}] {e['ours']['trainable_params'] / 1e6:.2f}M trainable, analytic "
               f"{e['analytic_flops_per_step'] / 1e12:.2f} TFLOP/step ({formula})")
         rows = [("ours (loss_positions=%d)" % e["loss_positions"], "ours"),
-                ("ours (loss_positions=0)", "ours_all_positions"), ("PyTorch / transformers", "torch")]
+                ("ours (loss_positions=0)", "ours_all_positions"), ("ours (whole-row attention)", "ours_whole_rows"),
+                ("PyTorch / transformers", "torch")]
         for label, key in rows:
             if key in e:
                 r = e[key]
@@ -331,6 +349,9 @@ def main():
             print(f"  ratio ours / PyTorch       : {e['ratio_ours_over_torch']:.2f}x")
         if "speedup_loss_positions" in e:
             print(f"  logits at loss positions only: {e['speedup_loss_positions']:.2f}x faster than everywhere")
+        if "speedup_attention_window" in e:
+            print(f"  attention window {e['ours']['attention_window']}: {e['speedup_attention_window']:.2f}x faster "
+                  "than whole rows")
         print(f"  our compile time: {e['ours']['compile_s']:.1f} s; FLOPs the compiled step executes (XLA cost "
               f"analysis, attention and masked positions included): {e['ours']['xla_flops'] / 1e12:.2f} TFLOP"
               + (f" (loss_positions=0: {e['ours_all_positions']['xla_flops'] / 1e12:.2f})"

@@ -86,6 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.max_len = 512
     c.train.packing = True
     c.train.loss_positions = 160  # logits only at <= this many weighted positions per row (0 = all)
+    # Attention reaches back at most this many tokens: -1 = the longest training example (exact for packed
+    # rows, whose examples never see each other; attention then skips the key blocks before it), 0 = the
+    # whole row, N = N tokens (every batch is checked to have no longer example).
+    c.train.attention_window = -1
     c.train.mix = 0.5  # share of pairwise examples in multitask runs
     c.train.lr = 1e-4
     c.train.warmup_steps = 10
@@ -132,5 +136,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.train.grad_accum < 1 or c.train.batch_size % c.train.grad_accum:
         raise ValueError(f"config train.batch_size={c.train.batch_size} must be a multiple of "
                          f"train.grad_accum={c.train.grad_accum}")
+    if c.train.attention_window < -1:
+        raise ValueError(f"config train.attention_window={c.train.attention_window} must be -1 (the longest "
+                         "training example), 0 (whole rows) or a number of tokens")
     if c.train.lora.rank < 0:
         raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")

@@ -294,6 +294,7 @@ def test_too_long_examples_raise_or_are_counted():
     assert b.stats["too_long"] == {"single": 0, "pairwise": n_long_pairs} and n_long_pairs > 0
     assert b.stats["pairwise"] == len(PAIRS) - n_long_pairs
     assert batch_stats(b[0], too_long=n_long_pairs)["too_long"] == n_long_pairs
+    assert b.longest_example == max(len(e) for e in SINGLE + PAIRS if len(e) <= 45)  # the kept ones only
 
 
 def test_epoch_shuffle_is_a_fresh_permutation_per_epoch_and_stable():

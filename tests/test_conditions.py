@@ -87,6 +87,8 @@ def test_condition_loss_falls(task, data_workdir, tmp_path):
     summary = pipeline.stage_train(condition_config(task), tmp_path, data_workdir)
     assert summary["end_step"] == STEPS and not summary["preempted"], summary
     assert summary["trainable_params"] < 0.1 * summary["total_params"]  # LoRA adapters only
+    # Attention reaches back as far as the longest packed example (train.attention_window=-1).
+    assert 0 < summary["attention_window"] == summary["batch_stats"]["max_len_seen"], summary
 
     rows = [json.loads(l) for l in open(tmp_path / "train" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))

@@ -119,6 +119,50 @@ def test_causal_blocks_match_transformers_and_unblocked_gradients(pair, monkeypa
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
 
 
+def test_attention_window_on_packed_rows(pair, monkeypatch):
+    """attention_window >= the longest packed example changes nothing (logits and gradients equal whole-row
+    attention) while the blocks skip keys before the window; a shorter window cuts attention inside an
+    example, and the blocked computation still equals one unblocked pass under the same windowed mask."""
+    from flax import nnx
+
+    from metacog_jax.models import decoder
+
+    name, _, ours, _ = pair
+    lengths = [[5, 4, 5], [3, 6, 4]]  # two rows of 16: packed examples, then 2 padding slots
+    seg = np.zeros((2, 16), np.int32)
+    pos = np.zeros((2, 16), np.int32)
+    for r, row in enumerate(lengths):
+        at = 0
+        for i, n in enumerate(row):
+            seg[r, at:at + n], pos[r, at:at + n] = i + 1, np.arange(n)
+            at += n
+    tok = jnp.asarray(np.random.default_rng(0).integers(3, 500, (2, 16)), jnp.int32)
+    seg, pos = jnp.asarray(seg), jnp.asarray(pos)
+    graphdef, state = nnx.split(ours.model)
+
+    def loss(state, window):
+        logits, _ = nnx.merge(graphdef, state)(tok, pos, segment_ids=seg, attention_window=window)
+        return jnp.sum(jnp.where(seg[..., None] > 0, jax.nn.log_softmax(logits), 0.0)[..., :50])
+
+    def run(block, window):
+        monkeypatch.setattr(decoder, "CAUSAL_BLOCK", block)
+        return jax.value_and_grad(loss)(state, window)
+
+    def assert_same(a, b):
+        np.testing.assert_allclose(float(a[0]), float(b[0]), rtol=1e-6)
+        for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1])):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-4)
+
+    assert decoder.window_start(8, 6, 4) == 0 and decoder.window_start(12, 6, 4) == 4
+    whole = run(0, 0)
+    assert_same(run(4, 6), whole)  # blocks of 4 from key 0, 0, 0 and 4: nothing the mask allows is lost
+    short_blocked, short_whole = run(4, 3), run(0, 3)
+    assert_same(short_blocked, short_whole)
+    assert abs(float(short_whole[0]) - float(whole[0])) > 1e-3, f"{name}: a 3-token window changed nothing"
+    with pytest.raises(ValueError, match="attention_window"):
+        ours.model(tok, pos, cache=decoder.KVCache.init(ours.model.config, 2, 16), attention_window=4)
+
+
 def test_shared_prefix_cache_matches_repeated_cache(pair):
     """Decoding n continuations per prompt from a shared prefix (KVCache.share_prefix) gives the logits of
     decoding them from n repeated copies of the prefilled cache."""

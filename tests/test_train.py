@@ -183,6 +183,36 @@ def test_unknown_config_key_fails():
         load_config(str(REPO / "configs" / "single.py"), ["train.lrr=1e-4"])
 
 
+def test_attention_window_resolution_and_check():
+    from metacog_jax.config_utils import load_config
+    from metacog_jax.experiment_config import validate
+    from metacog_jax.train import trainer
+
+    seg = np.array([[1, 1, 1, 2, 2, 0], [1, 2, 2, 2, 2, 0]])
+    assert trainer.longest_segment(seg) == 4
+    assert trainer.longest_segment(np.array([[0, 0, 1, 1, 1, 1, 1]])) == 5  # left padding
+    assert trainer.longest_segment(np.zeros((2, 3), int)) == 0
+    trainer.check_attention_window({"segment_ids": seg}, 4)
+    trainer.check_attention_window({"segment_ids": seg}, 0)  # whole rows: no limit
+    with pytest.raises(ValueError, match="example of 4 tokens but the attention window is 3"):
+        trainer.check_attention_window({"segment_ids": seg}, 3)
+
+    class Source:
+        longest_example = 37
+
+        def get(self, step):
+            raise AssertionError("not read")
+
+    config = load_config(str(REPO / "configs" / "single.py"), [])
+    assert config.train.attention_window == -1
+    assert trainer.resolve_attention_window(config, Source()) == 37
+    assert trainer.resolve_attention_window(config, object()) == 0  # a source that does not say: whole rows
+    config = load_config(str(REPO / "configs" / "single.py"), ["train.attention_window=64"])
+    assert trainer.resolve_attention_window(config, Source()) == 64
+    with pytest.raises(ValueError, match="train.attention_window=-2"):
+        validate(load_config(str(REPO / "configs" / "single.py"), ["train.attention_window=-2"]))
+
+
 def test_lora_regex_matching_nothing_fails():
     from metacog_jax.experiment_config import default_config
     from metacog_jax.models.build import build_model

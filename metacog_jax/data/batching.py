@@ -493,6 +493,11 @@ class BatchBuilder:
         return out
 
     @property
+    def longest_example(self) -> int:
+        """Tokens in the longest example this builder can put in a row (the trainer's attention window)."""
+        return max([len(e) for e in self.single] + [len(e) for e in self.pairwise] + [1])
+
+    @property
     def stats(self) -> dict[str, Any]:
         """Dataset-level counts: examples per task, lengths, and examples left out as too long."""
         def lengths(ex):

@@ -74,9 +74,10 @@ class KVCache(NamedTuple):
     [B, S] and the next write slot (scalar).
 
     Optionally a read-only prefix shared by groups of rows (`share_prefix`): prefix keys/values
-    [B / n, K, P, H] and an additive attention bias [B / n, P] (0 for valid slots, MASKED for padding), where rows r*n .. r*n + n - 1 continue prefix row r. Every
-    token written to the cache then attends to all valid prefix slots as well as to the cache's own slots,
-    and the prefix is stored and read once per group instead of once per row.
+    [B / n, K, P, H] and an additive attention bias [B / n, P] (0 for valid slots, MASKED for padding),
+    where rows r*n .. r*n + n - 1 continue prefix row r. Every token written to the cache then attends to
+    all valid prefix slots as well as to the cache's own slots, and the prefix is stored and read once per
+    group instead of once per row.
     """
 
     keys: tuple[jax.Array, ...]
@@ -123,12 +124,14 @@ class Attention(nnx.Module):
         self.o_proj = _linear(cfg, n * h, d, ("heads", "embed"), bias=False, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
 
-    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None):
+    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0):
         """x [B*T, D] (flattened tokens); sin, cos [B, T, H//2]; bias [B, T, S] float32 (0 where a query
         may attend, MASKED where not); kv: this layer's cache (keys, values) [B, K, S, H] or None; causal:
         the bias masks every key after its query (no cache), so key blocks above the diagonal can be skipped;
-        prefix: (keys, values [B/n, K, P, H], bias [B/n, P]) of a prefix shared by groups of n rows, attended
-        to besides kv (see KVCache.share_prefix).
+        window: with causal, the bias also masks every key `window` or more slots before its query (0: no
+        such promise), so key blocks entirely before that are skipped too; prefix: (keys, values
+        [B/n, K, P, H], bias [B/n, P]) of a prefix shared by groups of n rows, attended to besides kv (see
+        KVCache.share_prefix).
 
         Returns the output [B*T, D] and the updated (keys, values) (None without a cache).
 
@@ -153,11 +156,21 @@ class Attention(nnx.Module):
         if prefix is not None:
             out = _attend_with_prefix(q, key, val, bias, *prefix)
         elif causal and c and t > c:
-            out = jnp.concatenate([_attend(q[:, :, :, i:i + c], key[:, :, :i + c], val[:, :, :i + c],
-                                           bias[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=3)
+            lo = [window_start(i, window, c) for i in range(0, t, c)]
+            out = jnp.concatenate([_attend(q[:, :, :, i:i + c], key[:, :, j:i + c], val[:, :, j:i + c],
+                                           bias[:, i:i + c, j:i + c]) for i, j in zip(range(0, t, c), lo)],
+                                  axis=3)
         else:
             out = _attend(q, key, val, bias)
         return self.o_proj(out.transpose(0, 3, 1, 2, 4).reshape(b * t, n * h)), new_kv
+
+
+def window_start(i: int, window: int, block: int) -> int:
+    """First key slot the query block [i, i + block) needs when no query sees a key `window` or more slots
+    before it (window 0: no limit), rounded down to a multiple of `block`."""
+    if window <= 0:
+        return 0
+    return max(0, (i - window + 1) // block * block)
 
 
 def _attend_with_prefix(q, key, val, bias, p_key, p_val, p_bias):
@@ -226,8 +239,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, **kw)
 
-    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal, prefix)
+    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal, prefix, window)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
@@ -260,7 +273,7 @@ class Decoder(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
                  cache: KVCache | None = None, attention_mask: jax.Array | None = None,
-                 mask_is_causal: bool = False, return_hidden: bool = False):
+                 mask_is_causal: bool = False, attention_window: int = 0, return_hidden: bool = False):
         """Run the model.
 
         tokens, positions: int [B, T]. segment_ids: int [B, T]; 0 marks padding, equal non-zero ids
@@ -271,6 +284,9 @@ class Decoder(nnx.Module):
         tree of continuations in one pass (each token attends to the prompt and its own ancestors).
         mask_is_causal: the caller promises attention_mask never lets a token attend to a later slot, so
         attention may skip the key blocks above the diagonal (the built-in mask always allows this).
+        attention_window: without a cache, a token attends only to the `attention_window` slots ending at its
+        own (0: no limit). For rows packed with examples no longer than the window this changes nothing —
+        each token already sees only its own example — and attention skips the key blocks before the window.
 
         Returns (logits [B, T, V] float32 — or final hidden states [B, T, D] if return_hidden — , cache).
         """
@@ -295,6 +311,12 @@ class Decoder(nnx.Module):
             k_slots = jnp.arange(valid.shape[1])
             mask = (k_slots[None, None, :] <= q_slots[None, :, None]) & valid[:, None, :]
         causal = cache is None and (attention_mask is None or mask_is_causal)
+        window = int(attention_window)
+        if window < 0 or (window and cache is not None):
+            raise ValueError(f"attention_window={attention_window} must be >= 0 and needs no KV cache")
+        if window:
+            slots = jnp.arange(t)
+            mask = mask & ((slots[:, None] - slots[None, :]) < window)[None]
         bias = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)  # once, shared by every layer
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
@@ -302,7 +324,8 @@ class Decoder(nnx.Module):
             prefix = None
             if cache is not None and cache.prefix_keys is not None:
                 prefix = (cache.prefix_keys[i], cache.prefix_values[i], cache.prefix_bias)
-            x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index, causal, prefix)
+            x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index, causal, prefix,
+                              window if causal else 0)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])

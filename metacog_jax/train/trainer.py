@@ -100,8 +100,11 @@ def _batch_shardings(mesh):
     return {k: spec for k in BATCH_KEYS}
 
 
-def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=None):
-    """The un-jitted step: (trainable, opt_state, frozen, other, batch, step) -> (trainable, opt_state, stats)."""
+def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=None, attention_window: int = 0):
+    """The un-jitted step: (trainable, opt_state, frozen, other, batch, step) -> (trainable, opt_state, stats).
+
+    attention_window: tokens attend at most this far back (0: the whole row); see resolve_attention_window.
+    """
     lc = config.train.loss
     brier_w = float(lc.brier)
     accum = int(config.train.grad_accum)
@@ -119,7 +122,8 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
         model = nnx.merge(graphdef, trainable, frozen, other)
         if dropout:
             nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(seed), step))
-        hidden, _ = model(mb["tokens"], mb["positions"], segment_ids=mb["segment_ids"], return_hidden=True)
+        hidden, _ = model(mb["tokens"], mb["positions"], segment_ids=mb["segment_ids"],
+                          attention_window=attention_window, return_hidden=True)
         if n_pos:
             # The LM head and softmax run only where the loss does: the (at most n_pos) weighted positions
             # of each row, gathered first; the rest of the row carries no loss.
@@ -176,6 +180,38 @@ def check_loss_positions(batch: dict, limit: int) -> None:
                              "raise it (or set 0 to compute logits everywhere)")
 
 
+def longest_segment(segment_ids: np.ndarray) -> int:
+    """Tokens in the longest run of one non-zero segment id in any row of segment_ids [B, T] (0: padding)."""
+    seg = np.asarray(segment_ids)
+    longest = 0
+    for row in seg:
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        runs = np.diff(np.r_[starts, row.size])
+        real = row[starts] != 0
+        if real.any():
+            longest = max(longest, int(runs[real].max()))
+    return longest
+
+
+def resolve_attention_window(config, batches: BatchSource) -> int:
+    """config train.attention_window as a number of tokens: -1 becomes the longest example `batches` can
+    produce (its `longest_example`; 0, the whole row, when the source does not say)."""
+    window = int(config.train.attention_window)
+    if window == -1:
+        window = int(getattr(batches, "longest_example", 0) or 0)
+    return window
+
+
+def check_attention_window(batch: dict, window: int) -> None:
+    """Packed examples must fit the attention window, or their first tokens would be cut off from attention."""
+    if window:
+        longest = longest_segment(batch["segment_ids"])
+        if longest > window:
+            raise ValueError(f"a batch holds an example of {longest} tokens but the attention window is {window} "
+                             "(config train.attention_window); raise it, or set -1 (the longest example) or 0 "
+                             "(whole rows)")
+
+
 class _Preempted:
     """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
 
@@ -220,8 +256,9 @@ class TrainSetup:
 
 
 def setup_training(config: ml_collections.ConfigDict, mesh, label_token_ids=None,
-                   label_values=None) -> TrainSetup:
-    """Load the model onto `mesh`, split it, build the optimizer and the jitted train step."""
+                   label_values=None, attention_window: int = 0) -> TrainSetup:
+    """Load the model onto `mesh`, split it, build the optimizer and the jitted train step (attention reaching
+    back at most `attention_window` tokens, 0 = whole rows: see resolve_attention_window)."""
     t = config.train
     loaded, lora_paths = prepare_model(config, mesh)
     graphdef, trainable, frozen, other = split_model(loaded.model, config)
@@ -235,7 +272,7 @@ def setup_training(config: ml_collections.ConfigDict, mesh, label_token_ids=None
     # Moments are nnx Variables carrying the parameters' logical axes, so they shard like them.
     opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
-    step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values),
+    step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values, attention_window),
                       in_shardings=(tr_sh, opt_sh, fr_sh, ot_sh, _batch_shardings(mesh), None),
                       out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
     return TrainSetup(loaded, lora_paths, graphdef, trainable, frozen, other, opt_state, tx, schedule,
@@ -255,7 +292,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: Batch
     sharding_lib.maybe_initialize_distributed()
     mesh = mesh_from_config(config)
     sharding_lib.check_batch_divisible(t.batch_size, mesh)
-    ts = setup_training(config, mesh, label_token_ids, label_values)
+    window = resolve_attention_window(config, batches)
+    ts = setup_training(config, mesh, label_token_ids, label_values, window)
     loaded, lora_paths, graphdef, trainable, frozen, other, opt_state = (
         ts.loaded, ts.lora_paths, ts.graphdef, ts.trainable, ts.frozen, ts.other, ts.opt_state)
     schedule, step_fn, tr_sh, opt_sh = ts.schedule, ts.step_fn, ts.trainable_shardings, ts.opt_shardings
@@ -274,7 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: Batch
     flops_factor = 3.0 if t.lora.rank == 0 else 2.0  # fwd+bwd (full) or fwd+activation grads (LoRA)
     metrics_log = MetricsLog(workdir / "train", enabled=jax.process_index() == 0)
     summary = {"start_step": start, "steps": t.steps, "trainable_params": lora_lib.count_params(trainable),
-               "total_params": n_params, "lora_paths": len(lora_paths)}
+               "total_params": n_params, "lora_paths": len(lora_paths), "attention_window": window}
     end = t.steps if stop_after is None else min(t.steps, start + stop_after)
     bar = _progress(start, t.steps, progress and jax.process_index() == 0)
     last_stats = {}
@@ -284,6 +322,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: Batch
             t0 = time.perf_counter()
             local = batches.get(step)
             check_loss_positions(local, t.loss_positions)
+            check_attention_window(local, window)
             batch = sharding_lib.shard_batch({k: local[k] for k in BATCH_KEYS}, mesh)
             trainable, opt_state, stats = step_fn(trainable, opt_state, frozen, other, batch, step)
             step += 1
