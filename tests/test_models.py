@@ -243,6 +243,29 @@ def test_bfloat16_compute_is_close_to_float32(tmp_path):
     leaf = bf16.model.layers[0].self_attn.q_proj.kernel[...]
     assert leaf.dtype == jnp.bfloat16
 
+    # Every matmul of the bfloat16 forward sums in float32 (on CPU this is also what reaches XLA's
+    # bfloat16 matrix units); the projections cast the sum back to bfloat16.
+    from flax import nnx
+
+    graphdef, state = nnx.split(bf16.model)
+    tok, p = jnp.asarray(ids, jnp.int32), jnp.asarray(pos, jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(tok, p)[0])(state)
+
+    def dots(jp):
+        for eqn in jp.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for v in eqn.params.values():
+                if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+                    yield from dots(v.jaxpr)
+                elif hasattr(v, "eqns"):
+                    yield from dots(v)
+
+    found = [e for e in dots(jaxpr.jaxpr) if e.invars[0].aval.dtype == jnp.bfloat16]
+    assert len(found) >= 7 * 2  # the seven projections of each of the two layers at least
+    assert all(e.params["preferred_element_type"] == jnp.float32 for e in found), \
+        [(e.invars[0].aval, e.params["preferred_element_type"]) for e in found]
+
 
 # -- bad input ------------------------------------------------------------------------------------------
 def test_missing_file_names_the_path(tmp_path):
