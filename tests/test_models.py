@@ -266,6 +266,16 @@ def test_bfloat16_compute_is_close_to_float32(tmp_path):
     assert all(e.params["preferred_element_type"] == jnp.float32 for e in found), \
         [(e.invars[0].aval, e.params["preferred_element_type"]) for e in found]
 
+    # So do both gradient matmuls of a projection, on bfloat16 operands (not float32 copies of them).
+    proj_def, proj_state = nnx.split(bf16.model.layers[0].mlp.gate_proj)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 64)), jnp.bfloat16)
+    grad = jax.grad(lambda st, x: jnp.sum(nnx.merge(proj_def, st)(x).astype(jnp.float32) ** 2), argnums=(0, 1))
+    found = list(dots(jax.make_jaxpr(grad)(proj_state, x).jaxpr))
+    assert len(found) == 3, found  # forward, input gradient, weight gradient
+    for e in found:
+        assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
+        assert e.params["preferred_element_type"] == jnp.float32, e
+
 
 # -- bad input ------------------------------------------------------------------------------------------
 def test_missing_file_names_the_path(tmp_path):

@@ -34,13 +34,43 @@ _INIT = nnx.initializers.normal(0.02)
 CAUSAL_BLOCK = 128
 
 
+@jax.custom_vjp
+def _matmul_accumulate_f32(x, w):
+    """x [..., K] @ w [K, N] in a low-precision dtype, summed in float32 and rounded to x's dtype; so are
+    both gradient matmuls (autodiff would run them on float32 copies of the operands)."""
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _matmul_fwd(x, w):
+    return _matmul_accumulate_f32(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    g = g.astype(x.dtype)
+    dx = jnp.matmul(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx, dw.astype(w.dtype)
+
+
+_matmul_accumulate_f32.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def _dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    """lax.dot_general summing in float32, the result cast back to the inputs' dtype: with bfloat16 compute
-    the products are summed in float32 (as on TPU and GPU), and on CPU XLA then takes its bfloat16 matrix
-    units (AMX) — measured 1,760 GFLOP/s on a 1024x576x1536 matmul against 311 for a bfloat16 result."""
+    """nnx.Linear's dot_general. float32 operands: lax.dot_general as is. Lower precision (bfloat16 compute):
+    products summed in float32 and the result cast back, forward and backward — as TPUs and GPUs sum
+    anyway, and on CPU the only way XLA takes its bfloat16 matrix units (AMX): 1,760 GFLOP/s on a
+    1024x576x1536 matmul, against 311 for a bfloat16-accumulated result."""
+    if lhs.dtype == jnp.float32 or lhs.dtype != rhs.dtype:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type, **kw)
+    (lc, rc), (lb, rb) = dimension_numbers
+    if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb and rhs.ndim == 2:
+        return _matmul_accumulate_f32(lhs, rhs)
     out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                               preferred_element_type=jnp.float32, **kw)
-    return out.astype(jnp.result_type(lhs.dtype, rhs.dtype))
+    return out.astype(lhs.dtype)
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes: tuple, *, bias: bool, dtype, param_dtype,
