@@ -232,8 +232,9 @@ def test_sharded_safetensors_with_index(tmp_path):
     assert diff.max() <= 1e-4
 
 
-def test_bfloat16_compute_is_close_to_float32(tmp_path):
-    make_hf_model("llama", dict(tie_word_embeddings=False), tmp_path)
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_bfloat16_compute_is_close_to_float32(tmp_path, tied):
+    make_hf_model("llama", dict(tie_word_embeddings=tied), tmp_path)
     f32 = load_model(str(tmp_path), with_tokenizer=False)
     bf16 = load_model(str(tmp_path), dtype="bfloat16", param_dtype="bfloat16", with_tokenizer=False)
     ids, mask, pos = padded_batch()
@@ -262,7 +263,7 @@ def test_bfloat16_compute_is_close_to_float32(tmp_path):
                     yield from dots(v)
 
     found = [e for e in dots(jaxpr.jaxpr) if e.invars[0].aval.dtype == jnp.bfloat16]
-    assert len(found) >= 7 * 2  # the seven projections of each of the two layers at least
+    assert len(found) >= 7 * 2 + 1  # the seven projections of each of the two layers, and the logits
     assert all(e.params["preferred_element_type"] == jnp.float32 for e in found), \
         [(e.invars[0].aval, e.params["preferred_element_type"]) for e in found]
 
@@ -272,6 +273,23 @@ def test_bfloat16_compute_is_close_to_float32(tmp_path):
     grad = jax.grad(lambda st, x: jnp.sum(nnx.merge(proj_def, st)(x).astype(jnp.float32) ** 2), argnums=(0, 1))
     found = list(dots(jax.make_jaxpr(grad)(proj_state, x).jaxpr))
     assert len(found) == 3, found  # forward, input gradient, weight gradient
+    for e in found:
+        assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
+        assert e.params["preferred_element_type"] == jnp.float32, e
+
+    # And the logits (a tied embedding's too), whose gradient is close to float32's.
+    def logits_grad(model):
+        gd, st = nnx.split(model)
+        h = jnp.asarray(np.random.default_rng(2).standard_normal((3, 64)), jnp.float32)
+        return jax.grad(lambda st, h: jnp.sum(jax.nn.log_softmax(nnx.merge(gd, st).logits(h))[:, 5]),
+                        argnums=(0, 1))(st, h), st
+
+    (g16, h16), st16 = logits_grad(bf16.model)
+    (g32, h32), _ = logits_grad(f32.model)
+    assert np.abs(np.asarray(h16, np.float32) - np.asarray(h32)).max() < 0.02 * np.abs(h32).max()
+    found = list(dots(jax.make_jaxpr(lambda st: logits_grad(nnx.merge(nnx.graphdef(bf16.model), st))[0])(
+        st16).jaxpr))
+    assert len(found) == 3, found
     for e in found:
         assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
         assert e.params["preferred_element_type"] == jnp.float32, e

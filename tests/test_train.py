@@ -192,6 +192,9 @@ def test_attention_window_resolution_and_check():
     assert trainer.longest_segment(seg) == 4
     assert trainer.longest_segment(np.array([[0, 0, 1, 1, 1, 1, 1]])) == 5  # left padding
     assert trainer.longest_segment(np.zeros((2, 3), int)) == 0
+    # the mask joins equal ids wherever they are: an id split by padding spans its first to last slot
+    assert trainer.longest_segment(np.array([[1, 1, 0, 0, 1, 1]])) == 6
+    assert trainer.longest_segment(np.array([[2, 2, 0, 1, 1, 1]])) == 3
     trainer.check_attention_window({"segment_ids": seg}, 4)
     trainer.check_attention_window({"segment_ids": seg}, 0)  # whole rows: no limit
     with pytest.raises(ValueError, match="example of 4 tokens but the attention window is 3"):
@@ -209,6 +212,9 @@ def test_attention_window_resolution_and_check():
     assert trainer.resolve_attention_window(config, object()) == 0  # a source that does not say: whole rows
     config = load_config(str(REPO / "configs" / "single.py"), ["train.attention_window=64"])
     assert trainer.resolve_attention_window(config, Source()) == 64
+    config = load_config(str(REPO / "configs" / "single.py"), ["train.attention_window=16"])
+    with pytest.raises(ValueError, match="attention_window=16 is shorter than the longest training example"):
+        trainer.resolve_attention_window(config, Source())
     with pytest.raises(ValueError, match="train.attention_window=-2"):
         validate(load_config(str(REPO / "configs" / "single.py"), ["train.attention_window=-2"]))
 

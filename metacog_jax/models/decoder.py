@@ -57,20 +57,49 @@ def _matmul_bwd(res, g):
 _matmul_accumulate_f32.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
 def _dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    """nnx.Linear's dot_general. float32 operands: lax.dot_general as is. Lower precision (bfloat16 compute):
-    products summed in float32 and the result cast back, forward and backward — as TPUs and GPUs sum
-    anyway, and on CPU the only way XLA takes its bfloat16 matrix units (AMX): 1,760 GFLOP/s on a
-    1024x576x1536 matmul, against 311 for a bfloat16-accumulated result."""
-    if lhs.dtype == jnp.float32 or lhs.dtype != rhs.dtype:
+    """nnx.Linear's dot_general. float32 operands (or any call asking for a precision, an output dtype or
+    an output sharding): lax.dot_general as is. bfloat16/float16 compute: products summed in float32 and
+    the result cast back, forward and backward — as TPUs and GPUs sum anyway, and on CPU the only way XLA
+    takes its bfloat16 matrix units (AMX): 1,760 GFLOP/s on a 1024x576x1536 matmul, against 311 for a
+    bfloat16-accumulated result. The custom VJP that keeps the gradient matmuls in bfloat16 supports
+    reverse-mode differentiation only (jax.jvp / forward mode through a bfloat16 projection fails)."""
+    plain = (lhs.dtype not in _LOW_PRECISION or lhs.dtype != rhs.dtype or precision is not None
+             or preferred_element_type is not None or kw.get("out_sharding") is not None)
+    kw = {k: v for k, v in kw.items() if not (k == "out_sharding" and v is None)}
+    if plain:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kw)
     (lc, rc), (lb, rb) = dimension_numbers
-    if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb and rhs.ndim == 2:
+    if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb and rhs.ndim == 2 and not kw:
         return _matmul_accumulate_f32(lhs, rhs)
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                              preferred_element_type=jnp.float32, **kw)
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32, **kw)
     return out.astype(lhs.dtype)
+
+
+@jax.custom_vjp
+def _tied_logits_f32(x, emb):
+    """Logits x [N, D] @ emb [V, D].T of a tied embedding in a low-precision dtype, summed and returned in
+    float32; the gradient matmuls run on x's dtype summed in float32, as in _matmul_accumulate_f32."""
+    return jax.lax.dot_general(x, emb, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _tied_logits_fwd(x, emb):
+    return _tied_logits_f32(x, emb), (x, emb)
+
+
+def _tied_logits_bwd(res, g):
+    x, emb = res
+    g = g.astype(x.dtype)
+    dx = jnp.matmul(g, emb, preferred_element_type=jnp.float32).astype(x.dtype)
+    demb = jax.lax.dot_general(g, x, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx, demb.astype(emb.dtype)
+
+
+_tied_logits_f32.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes: tuple, *, bias: bool, dtype, param_dtype,
@@ -305,7 +334,12 @@ class Decoder(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final-norm'd hidden states [..., D] -> float32 logits [..., V]."""
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and jnp.dtype(self.dtype) in _LOW_PRECISION:
+            emb = self.embed_tokens.embedding[...].astype(self.dtype)
+            lead = hidden.shape[:-1]
+            flat = hidden.astype(self.dtype).reshape(-1, hidden.shape[-1])
+            out = _tied_logits_f32(flat, emb).reshape(*lead, emb.shape[0])
+        elif self.config.tie_word_embeddings:
             out = self.embed_tokens.attend(hidden)
         else:
             out = self.lm_head(hidden)

@@ -181,24 +181,29 @@ def check_loss_positions(batch: dict, limit: int) -> None:
 
 
 def longest_segment(segment_ids: np.ndarray) -> int:
-    """Tokens in the longest run of one non-zero segment id in any row of segment_ids [B, T] (0: padding)."""
-    seg = np.asarray(segment_ids)
+    """Widest span (last slot - first slot + 1) of one non-zero segment id in any row of segment_ids
+    [B, T] (0: padding). The attention mask joins equal ids, so a split example counts whole."""
     longest = 0
-    for row in seg:
-        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-        runs = np.diff(np.r_[starts, row.size])
-        real = row[starts] != 0
-        if real.any():
-            longest = max(longest, int(runs[real].max()))
+    for row in np.asarray(segment_ids):
+        ids, first = np.unique(row, return_index=True)
+        _, last = np.unique(row[::-1], return_index=True)
+        spans = row.size - last - first
+        if (ids != 0).any():
+            longest = max(longest, int(spans[ids != 0].max()))
     return longest
 
 
 def resolve_attention_window(config, batches: BatchSource) -> int:
     """config train.attention_window as a number of tokens: -1 becomes the longest example `batches` can
-    produce (its `longest_example`; 0, the whole row, when the source does not say)."""
+    produce (its `longest_example`; 0, the whole row, when the source does not say). A window set smaller
+    than that longest example fails here, before any step (not at the step that first packs one)."""
     window = int(config.train.attention_window)
+    longest = int(getattr(batches, "longest_example", 0) or 0)
     if window == -1:
-        window = int(getattr(batches, "longest_example", 0) or 0)
+        window = longest
+    elif 0 < window < longest:
+        raise ValueError(f"config train.attention_window={window} is shorter than the longest training example "
+                         f"({longest} tokens); raise it, or set -1 (the longest example) or 0 (whole rows)")
     return window
 
 
