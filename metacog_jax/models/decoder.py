@@ -83,7 +83,8 @@ def _dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_e
 @jax.custom_vjp
 def _tied_logits_f32(x, emb):
     """Logits x [N, D] @ emb [V, D].T of a tied embedding in a low-precision dtype, summed and returned in
-    float32; the gradient matmuls run on x's dtype summed in float32, as in _matmul_accumulate_f32."""
+    float32; the gradient matmuls run on x's dtype summed in float32, as in _matmul_accumulate_f32
+    (reverse mode only, like it)."""
     return jax.lax.dot_general(x, emb, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
