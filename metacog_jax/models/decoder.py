@@ -14,6 +14,7 @@ K key/value heads, G = N // K, H head dim, V vocab.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -34,27 +35,31 @@ _INIT = nnx.initializers.normal(0.02)
 CAUSAL_BLOCK = 128
 
 
-@jax.custom_vjp
-def _matmul_accumulate_f32(x, w):
-    """x [..., K] @ w [K, N] in a low-precision dtype, summed in float32 and rounded to x's dtype; so are
-    both gradient matmuls (autodiff would run them on float32 copies of the operands)."""
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul_sum_f32(x, w, transposed: bool, out_dtype):
+    """x [..., K] times w [K, N] (w [N, K] when `transposed`: a tied embedding read as the LM head) on
+    low-precision operands: products summed in float32, the result cast to out_dtype. Both gradient
+    matmuls likewise run on x's dtype summed in float32 (autodiff would run them on float32 copies of the
+    operands). Reverse-mode differentiation only (jax.jvp / forward mode through it fails)."""
+    dims = (((x.ndim - 1,), (1 if transposed else 0,)), ((), ()))
+    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32).astype(out_dtype)
 
 
-def _matmul_fwd(x, w):
-    return _matmul_accumulate_f32(x, w), (x, w)
+def _matmul_sum_f32_fwd(x, w, transposed, out_dtype):
+    return _matmul_sum_f32(x, w, transposed, out_dtype), (x, w)
 
 
-def _matmul_bwd(res, g):
+def _matmul_sum_f32_bwd(transposed, out_dtype, res, g):
     x, w = res
     g = g.astype(x.dtype)
-    dx = jnp.matmul(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    dx = jnp.matmul(g, w if transposed else w.T, preferred_element_type=jnp.float32).astype(x.dtype)
     x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    dw = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    rows = (((0,), (0,)), ((), ()))  # sum over the flattened tokens
+    dw = jax.lax.dot_general(*((g2, x2) if transposed else (x2, g2)), rows, preferred_element_type=jnp.float32)
     return dx, dw.astype(w.dtype)
 
 
-_matmul_accumulate_f32.defvjp(_matmul_fwd, _matmul_bwd)
+_matmul_sum_f32.defvjp(_matmul_sum_f32_fwd, _matmul_sum_f32_bwd)
 
 
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -63,44 +68,18 @@ _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 def _dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
     """nnx.Linear's dot_general. float32 operands (or any call asking for a precision, an output dtype or
     an output sharding): lax.dot_general as is. bfloat16/float16 compute: products summed in float32 and
-    the result cast back, forward and backward — as TPUs and GPUs sum anyway, and on CPU the only way XLA
-    takes its bfloat16 matrix units (AMX): 1,760 GFLOP/s on a 1024x576x1536 matmul, against 311 for a
-    bfloat16-accumulated result. The custom VJP that keeps the gradient matmuls in bfloat16 supports
-    reverse-mode differentiation only (jax.jvp / forward mode through a bfloat16 projection fails)."""
-    plain = (lhs.dtype not in _LOW_PRECISION or lhs.dtype != rhs.dtype or precision is not None
-             or preferred_element_type is not None or kw.get("out_sharding") is not None)
-    kw = {k: v for k, v in kw.items() if not (k == "out_sharding" and v is None)}
-    if plain:
+    the result cast back, forward and backward (_matmul_sum_f32) — as TPUs and GPUs sum anyway, and on CPU
+    the only way XLA takes its bfloat16 matrix units (AMX): 1,760 GFLOP/s on a 1024x576x1536 matmul,
+    against 311 for a bfloat16-accumulated result."""
+    out_sharding = kw.pop("out_sharding", None)
+    if (lhs.dtype not in _LOW_PRECISION or lhs.dtype != rhs.dtype or precision is not None
+            or preferred_element_type is not None or out_sharding is not None or kw):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                                   preferred_element_type=preferred_element_type, **kw)
+                                   preferred_element_type=preferred_element_type, out_sharding=out_sharding, **kw)
     (lc, rc), (lb, rb) = dimension_numbers
-    if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb and rhs.ndim == 2 and not kw:
-        return _matmul_accumulate_f32(lhs, rhs)
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32, **kw)
-    return out.astype(lhs.dtype)
-
-
-@jax.custom_vjp
-def _tied_logits_f32(x, emb):
-    """Logits x [N, D] @ emb [V, D].T of a tied embedding in a low-precision dtype, summed and returned in
-    float32; the gradient matmuls run on x's dtype summed in float32, as in _matmul_accumulate_f32
-    (reverse mode only, like it)."""
-    return jax.lax.dot_general(x, emb, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _tied_logits_fwd(x, emb):
-    return _tied_logits_f32(x, emb), (x, emb)
-
-
-def _tied_logits_bwd(res, g):
-    x, emb = res
-    g = g.astype(x.dtype)
-    dx = jnp.matmul(g, emb, preferred_element_type=jnp.float32).astype(x.dtype)
-    demb = jax.lax.dot_general(g, x, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    return dx, demb.astype(emb.dtype)
-
-
-_tied_logits_f32.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+    if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb and rhs.ndim == 2:
+        return _matmul_sum_f32(lhs, rhs, False, lhs.dtype)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32).astype(lhs.dtype)
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes: tuple, *, bias: bool, dtype, param_dtype,
@@ -337,9 +316,7 @@ class Decoder(nnx.Module):
         """Final-norm'd hidden states [..., D] -> float32 logits [..., V]."""
         if self.config.tie_word_embeddings and jnp.dtype(self.dtype) in _LOW_PRECISION:
             emb = self.embed_tokens.embedding[...].astype(self.dtype)
-            lead = hidden.shape[:-1]
-            flat = hidden.astype(self.dtype).reshape(-1, hidden.shape[-1])
-            out = _tied_logits_f32(flat, emb).reshape(*lead, emb.shape[0])
+            out = _matmul_sum_f32(hidden.astype(self.dtype), emb, True, jnp.float32)
         elif self.config.tie_word_embeddings:
             out = self.embed_tokens.attend(hidden)
         else:
