@@ -331,7 +331,7 @@ def main():
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (1024^2 float32 jitted matmul)")
     windows = sorted({e["ours"]["attention_window"] for e in result["modes"].values()})
     print(f"our attention window: {', '.join(map(str, windows))} tokens (train.attention_window=-1: the longest "
-          "example; packed examples never attend to each other, so this is exact)")
+          "example; packed examples never attend to each other, so the loss is unchanged up to rounding)")
     for mode, e in result["modes"].items():
         formula = "6 N tokens" if mode == "full" else "4 N tokens + 6 N_lora tokens"
         print(f"[{mode}] {e['ours']['trainable_params'] / 1e6:.2f}M trainable, analytic "

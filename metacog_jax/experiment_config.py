@@ -86,9 +86,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.max_len = 512
     c.train.packing = True
     c.train.loss_positions = 160  # logits only at <= this many weighted positions per row (0 = all)
-    # Attention reaches back at most this many tokens: -1 = the longest training example (exact for packed
-    # rows, whose examples never see each other; attention then skips the key blocks before it), 0 = the
-    # whole row, N = N tokens (every batch is checked to have no longer example).
+    # Attention reaches back at most this many tokens: -1 = the longest training example (packed examples
+    # never see each other, so the loss is unchanged up to float rounding, and attention skips the key
+    # blocks before the window), 0 = the whole row, N = N tokens (a longer example is an error).
     c.train.attention_window = -1
     c.train.mix = 0.5  # share of pairwise examples in multitask runs
     c.train.lr = 1e-4
