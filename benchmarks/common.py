@@ -12,9 +12,11 @@ _ALLOCATOR = {"tuned": False}
 
 
 def tune_allocator() -> bool:
-    """The process setup of every `metacog` model stage (metacog_jax.sharding.tune_host_allocator: glibc
-    malloc keeps freed memory for reuse), applied first thing so that both sides run with it."""
-    from metacog_jax.sharding import tune_host_allocator
+    """The host-allocator part of every `metacog` model stage's start-up (metacog_jax.runtime.tune_host_allocator,
+    which runtime.start_process applies first: glibc malloc keeps freed memory for reuse), applied first thing so
+    that both sides run with it. Only that part: the compilation cache and the multi-host join have no place
+    in a single-process timing."""
+    from metacog_jax.runtime import tune_host_allocator
 
     _ALLOCATOR["tuned"] = tune_host_allocator()
     return _ALLOCATOR["tuned"]

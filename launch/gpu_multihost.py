@@ -2,10 +2,10 @@
 """Run one metacog process per GPU host over ssh, joined by jax.distributed.
 
 Each host gets ``METACOG_COORDINATOR=<host0>:<port>``,
-``METACOG_NUM_PROCESSES=<hosts>`` and ``METACOG_PROCESS_ID=<i>``, which
-``metacog_jax.sharding.maybe_initialize_distributed`` turns into
-``jax.distributed.initialize``. All hosts are started together; if one fails
-the others are stopped (they would otherwise wait in initialization).
+``METACOG_NUM_PROCESSES=<hosts>`` and ``METACOG_PROCESS_ID=<i>``, which the
+start-up of every ``metacog`` model stage (``metacog_jax.runtime.start_process``)
+turns into ``jax.distributed.initialize``. All hosts are started together; if
+one fails the others are stopped (they would otherwise wait in initialization).
 
 The package must already be installed on every host (same path, same venv)::
 
@@ -24,6 +24,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steps import split_metacog_argv  # noqa: E402  (sibling module of this script)
 
 
 def _home(relative: str) -> str:
@@ -121,11 +125,7 @@ def launch(commands: Sequence[Sequence[str]], timeout: float | None = None) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    metacog_argv: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, metacog_argv = argv[:split], argv[split + 1:]
+    argv, metacog_argv = split_metacog_argv(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", required=True, help="comma-separated ssh destinations, process order")
     parser.add_argument("--port", type=int, default=12355, help="coordinator port on the first host")

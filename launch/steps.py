@@ -2,7 +2,8 @@
 
 The launch scripts build lists of :class:`Step` with pure functions (so tests
 can check the exact commands) and hand them to :func:`execute`, which either
-prints them as shell lines or runs them.
+prints them as shell lines or runs them. :func:`split_metacog_argv` separates
+a launcher's own flags from the ``metacog`` command it runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,26 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+
+
+def split_metacog_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split a launcher command line at its first ``--``: the launcher's flags, then the metacog command.
+
+    ``launcher.py --hosts=a,b -- train --config=... -- x`` gives ``(["--hosts=a,b"], ["train",
+    "--config=...", "--", "x"])``: only the first ``--`` separates, later ones belong to the metacog
+    command. Without ``--`` the whole line is the launcher's and the metacog command is empty.
+
+    Args:
+      argv: the arguments after the script name (``sys.argv[1:]``).
+
+    Returns:
+      ``(launcher_argv, metacog_argv)``, new lists.
+    """
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    split = argv.index("--")
+    return argv[:split], argv[split + 1:]
 
 
 @dataclasses.dataclass(frozen=True)

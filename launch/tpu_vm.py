@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import Step, execute  # noqa: E402  (sibling module of this script)
+from steps import Step, execute, split_metacog_argv  # noqa: E402  (sibling module of this script)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("create", "install", "run", "collect", "delete", "all")
@@ -310,11 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    metacog_argv: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, metacog_argv = argv[:split], argv[split + 1:]
+    argv, metacog_argv = split_metacog_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     vm = TpuVm(name=args.name, zone=args.zone, project=args.project, accelerator_type=args.accelerator_type,
                version=args.version, spot=args.spot, remote_dir=args.remote_dir, venv=args.venv,

@@ -10,6 +10,10 @@
     metacog gap      --items=items.jsonl --ratings=ratings.csv --out=gap/
     metacog study serve|export --items=items.jsonl --db=study.sqlite [--port=8000 | --out=ratings.csv]
     metacog demo     --config=configs/demo.py[:quick] --workdir=runs/demo [--data_dir=../shared/data]
+
+`metacog COMMAND --help` lists a command's flags. Every model stage (all commands but report, gap and
+study) first runs the process start-up, metacog_jax.runtime.start_process (host allocator, compilation
+cache, joining a multi-host run), then loads its config.
 """
 
 from __future__ import annotations
@@ -21,27 +25,109 @@ import sys
 from pathlib import Path
 
 COMMANDS = ("sample", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo")
+# The commands that load an experiment config (--config); they are the model stages.
+CONFIG_COMMANDS = ("sample", "targets", "train", "eval", "export", "explain", "demo")
 DEFAULT_CONFIG = {"demo": "configs/demo.py"}
 
+_HELP = {
+    "sample": "K samples per question for every configured domain, graded (samples/, questions/)",
+    "targets": "confidence targets from the samples (targets/)",
+    "train": "fine-tune on the targets (checkpoints/, train/)",
+    "eval": "score a run on every test set (eval/)",
+    "report": "tables and reliability diagrams comparing runs",
+    "export": "a run as a Hugging Face directory, LoRA adapters merged",
+    "explain": "paper 2: confidence explanations for the rating study",
+    "gap": "paper 2: the gap between the model's confidence and the raters'",
+    "study": "paper 2: serve the rating study, or export its responses",
+    "demo": "every stage end to end on one config, resumable",
+}
+_FORMATTER = argparse.RawDescriptionHelpFormatter
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="metacog", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=COMMANDS)
-    p.add_argument("action", nargs="?", help="study: serve | export")
-    p.add_argument("--workdir", default="runs/default")
-    p.add_argument("--data_workdir", default=None, help="where samples/targets live (default: --workdir)")
-    p.add_argument("--data_dir", default=None, help="offline copy of the official benchmark files")
-    p.add_argument("--run", action="append", default=[], help="report: NAME=RUN_DIR (repeatable)")
-    p.add_argument("--out", default=None)
-    p.add_argument("--items", default=None)
-    p.add_argument("--ratings", default=None)
-    p.add_argument("--db", default=None)
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--domain", default="mmlu_pro")
-    p.add_argument("--n", type=int, default=10)
-    p.add_argument("--verbose", action="store_true")
-    return p
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `metacog` parser: one sub-parser per command, each with only the flags that command reads.
+
+    ``--config`` and ``--config.FIELD=VALUE`` are taken off the command line by
+    ``config_utils.split_config_argv`` before argparse runs (overrides have open-ended names and may
+    be space-separated); the config commands still declare ``--config`` so that their ``--help``
+    documents it.
+
+    Returns:
+      ``(parser, sub_parsers)``: the top-level parser and each command's parser by name.
+    """
+    parser = argparse.ArgumentParser(prog="metacog", description=__doc__, formatter_class=_FORMATTER)
+    # --verbose is accepted before the command too; the sub-parsers' copy leaves it alone unless given
+    # there (SUPPRESS), since a sub-parser's default would otherwise overwrite the top-level value.
+    parser.add_argument("--verbose", action="store_true", help="log at INFO level")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
+
+    commands = parser.add_subparsers(dest="command", required=True, title="commands")
+    subs: dict[str, argparse.ArgumentParser] = {}
+
+    def command(name: str, parents=(common,)) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=list(parents), help=_HELP[name], description=_HELP[name],
+                                  formatter_class=_FORMATTER)
+        subs[name] = sub
+        return sub
+
+    def stage(name: str, workdir_help: str, data_workdir: bool = False,
+              data_dir: bool = False) -> argparse.ArgumentParser:
+        """A config command: --config, --workdir and, where the stage reads them, the data flags."""
+        sub = command(name)
+        default = DEFAULT_CONFIG.get(name)
+        sub.add_argument(
+            "--config", metavar="FILE.py[:ARG]", default=None,
+            help="the experiment config, e.g. configs/single.py:domains=gsm8k (ARG goes to its "
+                 "get_config); --config.FIELD=VALUE overrides one field (repeatable), e.g. "
+                 "--config.train.lr=1e-5" + (f"; default {default}" if default else "; required"))
+        sub.add_argument("--workdir", default="runs/default", help=f"{workdir_help} (default: %(default)s)")
+        if data_workdir:
+            sub.add_argument("--data_workdir", default=None,
+                             help="where samples/ and targets/ live (default: --workdir)")
+        if data_dir:
+            sub.add_argument("--data_dir", default=None,
+                             help="offline copy of the official benchmark files (sets config.data.manual_dir)")
+        return sub
+
+    stage("sample", "data directory: samples/, questions/ (config.sample.json)", data_workdir=True,
+          data_dir=True)
+    stage("targets", "data directory: targets/ from its samples/ (config.targets.json)", data_workdir=True)
+    stage("train", "run directory: checkpoints/, train/", data_workdir=True)
+    stage("eval", "run directory: reads checkpoints/ (base condition: none), writes eval/", data_workdir=True)
+
+    report = command("report")
+    report.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="a run to compare (repeatable); NAME is its condition in the tables")
+    report.add_argument("--out", default=None, help="output directory (default: report)")
+
+    export = stage("export", "run directory to export")
+    export.add_argument("--out", default=None, help="output directory (default: WORKDIR/hf_export)")
+
+    explain = stage("explain", "run directory: explain/", data_dir=True)
+    explain.add_argument("--domain", default="mmlu_pro", help="domain to draw items from (default: %(default)s)")
+    explain.add_argument("--n", type=int, default=10, help="number of items (default: %(default)s)")
+
+    gap = command("gap")
+    gap.add_argument("--items", default=None, help="items.jsonl written by `metacog explain`")
+    gap.add_argument("--ratings", default=None, help="ratings.csv written by `metacog study export`")
+    gap.add_argument("--out", default=None, help="output directory (default: gap)")
+
+    study = command("study")
+    actions = study.add_subparsers(dest="action", title="actions", metavar="ACTION")
+    serve = actions.add_parser("serve", parents=[common], help="run the rating web app",
+                               formatter_class=_FORMATTER)
+    serve.add_argument("--items", default=None, help="items.jsonl written by `metacog explain`")
+    serve.add_argument("--db", default=None, help="SQLite file for the responses (created if missing)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    study_export = actions.add_parser("export", parents=[common], help="write the responses as CSV",
+                                      formatter_class=_FORMATTER)
+    study_export.add_argument("--db", default=None, help="the study's SQLite file")
+    study_export.add_argument("--out", default=None, help="CSV file (default: ratings.csv)")
+
+    stage("demo", "demo directory: data/, one run per condition, report/", data_dir=True)
+    return parser, subs
 
 
 def _config(spec, overrides, command):
@@ -69,13 +155,24 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `metacog ARGV`; returns the exit status (2 for bad input, with the reason on stderr)."""
     from metacog_jax.config_utils import split_config_argv
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    spec, overrides, rest = split_config_argv(argv)
-    args = _parser().parse_args(rest)
-    _quiet_logs(args.verbose)
+    parser, subs = build_parser()
+    try:
+        spec, overrides, rest = split_config_argv(argv)
+    except ValueError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
     cmd = args.command
+    if cmd in CONFIG_COMMANDS:
+        # argparse never sees --config (split off above) unless abbreviated (--conf=...).
+        spec = spec if spec is not None else args.config
+    elif spec is not None or overrides:
+        given = ([f"--config={spec}"] if spec is not None else []) + [f"--config.{o}" for o in overrides]
+        subs[cmd].error(f"unrecognized arguments: {' '.join(given)} (metacog {cmd} takes no config)")
+    _quiet_logs(args.verbose)
     try:
         return _run(cmd, args, spec, overrides)
     except (ValueError, FileNotFoundError, KeyError) as e:
@@ -85,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cmd, args, spec, overrides) -> int:
-    from metacog_jax import pipeline
+    from metacog_jax import pipeline, runtime
 
     if cmd == "report":
         from metacog_jax.evaluation.report import build_report, format_main_table
@@ -122,15 +219,14 @@ def _run(cmd, args, spec, overrides) -> int:
         study.serve(args.items, args.db, host=args.host, port=args.port)
         return 0
 
-    from metacog_jax.sharding import enable_compilation_cache, tune_host_allocator
-
-    tune_host_allocator()
-    enable_compilation_cache()
+    # A model stage: start the process (allocator, compilation cache, multi-host join) before the config
+    # is loaded or any device is touched.
+    runtime.start_process()
     config = _config(spec, overrides, cmd)
-    if args.data_dir is not None:
+    if getattr(args, "data_dir", None) is not None:
         config.data.manual_dir = args.data_dir
     workdir = Path(args.workdir)
-    data_workdir = Path(args.data_workdir) if args.data_workdir else workdir
+    data_workdir = Path(args.data_workdir) if getattr(args, "data_workdir", None) else workdir
     if cmd == "demo":
         from metacog_jax.demo import run_demo
 

@@ -1,6 +1,6 @@
 """What the Colab quickstart (colab/quickstart.ipynb) calls, so its cells hold no logic.
 
-    config = load_demo_config("configs/demo.py:quick", [])    # load, validate, fit to the devices
+    config = load_demo_config("configs/demo.py:quick", [])    # start the process, load, validate, fit
     report = run_demo(config, workdir)
     out = demo_outputs(report, workdir)                        # main table + reliability diagram PNGs
     print(out.table); display(Image(filename=str(out.diagrams[0])))
@@ -130,6 +130,10 @@ def load_demo_config(spec: str, overrides: Sequence[str] = (), device_count: int
                      ) -> ml_collections.ConfigDict:
     """`load_config(spec, overrides)`, checked like `metacog demo` does and fitted to the devices.
 
+    It first runs the process start-up every `metacog` model stage runs (`runtime.start_process`: host
+    allocator, compilation cache, multi-host join; once per process), since the notebook then runs the
+    stages in this process (`run_demo`) and `fit_to_devices` reads the device count.
+
     Args:
       spec: "configs/<file>.py[:sweep]", relative to the working directory.
       overrides: "field=value" strings, e.g. ["train.steps=10"].
@@ -139,12 +143,15 @@ def load_demo_config(spec: str, overrides: Sequence[str] = (), device_count: int
       The locked config. Fields changed to fit the devices are printed.
 
     Raises:
-      FileNotFoundError / ValueError: as `load_config` and `experiment_config.validate`, plus a config
-        without the `demo` section that `run_demo` needs (configs/demo.py and configs/tiny.py have it).
+      FileNotFoundError / ValueError: as `runtime.start_process`, `load_config` and
+        `experiment_config.validate`, plus a config without the `demo` section that `run_demo` needs
+        (configs/demo.py and configs/tiny.py have it).
     """
+    from metacog_jax import runtime
     from metacog_jax.config_utils import load_config
     from metacog_jax.experiment_config import validate
 
+    runtime.start_process()
     config = load_config(spec, list(overrides))
     if "demo" not in config:
         raise ValueError(f"config {spec!r} has no 'demo' section (conditions to run); use configs/demo.py, "

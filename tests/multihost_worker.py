@@ -2,7 +2,7 @@
 
 Run with METACOG_COORDINATOR / METACOG_NUM_PROCESSES / METACOG_PROCESS_ID and
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``: the processes join via
-``maybe_initialize_distributed``, build one global 8-device mesh, and each
+``runtime.maybe_initialize_distributed``, build one global 8-device mesh, and each
 prints one JSON line with the results of cross-process computations so the
 test can check that both agree with a NumPy reference.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-from metacog_jax import sharding
+from metacog_jax import runtime, sharding
 
 
 def main() -> int:
-    joined = sharding.maybe_initialize_distributed()
+    joined = runtime.maybe_initialize_distributed()
 
     import jax
     import jax.numpy as jnp

@@ -28,6 +28,8 @@ SINGLE_METRICS = {"accuracy", "mean_confidence", "ece", "ace", "brier", "auroc",
 PAIRWISE_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+from conftest import read_strict_json
+
 
 def _command() -> list[str]:
     script = Path(sys.executable).parent / "metacog"  # the installed console script
@@ -73,7 +75,7 @@ def check_samples(data: Path, counts: dict[str, int]) -> None:
 def check_targets(data: Path) -> None:
     single = read_jsonl(data / "targets" / "single.jsonl")
     pairwise = read_jsonl(data / "targets" / "pairwise.jsonl")
-    summary = json.loads((data / "targets" / "summary.json").read_text())
+    summary = read_strict_json(data / "targets" / "summary.json")
     assert summary["mode"] == "binned_accuracy"
     assert single and any(r["split"] == "train" for r in single)
     question_ids = {r["id"] for p in (data / "questions").glob("*.jsonl") for r in read_jsonl(p)}
@@ -95,7 +97,7 @@ def check_interval(name: str, value: dict) -> None:
 
 def check_eval(run: Path, roles: dict[str, str], n_items: dict[str, int]) -> dict:
     """eval/metrics.json: each dataset with its role and every single-task and pairwise metric."""
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = read_strict_json(run / "eval" / "metrics.json")
     assert "ECE" in metrics["ece_definition"]
     assert set(metrics["datasets"]) == set(roles)
     for ds, entry in metrics["datasets"].items():
@@ -131,7 +133,7 @@ def check_report(out: Path, stdout: str, conditions: list[str], datasets: list[s
     for rel in figures:
         png = (out / rel).read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 1000, rel
-    assert json.loads((out / "report.json").read_text())["conditions"] == conditions
+    assert read_strict_json(out / "report.json")["conditions"] == conditions
 
 
 # -- the procedural pipeline --------------------------------------------------------------------------------
@@ -274,6 +276,34 @@ def test_demo_runs_then_skips_finished_stages(tmp_path):
         assert f"[demo] {stage} ..." not in second, stage
     assert (work / "report" / "report.md").read_text() == report_md
     check_report(work / "report", second, conditions, datasets)
+
+
+# -- flags ----------------------------------------------------------------------------------------------------
+def test_help_lists_the_commands_and_each_command_only_its_flags():
+    top = metacog("--help").stdout
+    for command in ("sample", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo"):
+        assert command in top, command
+    train = metacog("train", "--help").stdout
+    for flag in ("--config", "--workdir", "--data_workdir", "--verbose"):
+        assert flag in train, flag
+    for flag in ("--port", "--items", "--db", "--run", "--out", "--data_dir"):
+        assert flag not in train, flag
+    report = metacog("report", "--help").stdout
+    assert "--run" in report and "--out" in report and "--config" not in report and "--workdir" not in report
+    serve = metacog("study", "serve", "--help").stdout
+    for flag in ("--items", "--db", "--host", "--port"):
+        assert flag in serve, flag
+    assert "--config" not in serve and "--workdir" not in serve
+    assert "configs/demo.py" in metacog("demo", "--help").stdout  # the default config
+
+
+def test_commands_without_a_config_reject_config_flags():
+    proc = metacog("report", "--run=a=b", "--config=configs/tiny.py", ok=False)
+    assert proc.returncode == 2
+    _fails(proc, "--config=configs/tiny.py", "takes no config")
+    proc = metacog("train", f"--config={TINY}", "--port=1", ok=False)
+    assert proc.returncode == 2
+    _fails(proc, "unrecognized arguments: --port=1")
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

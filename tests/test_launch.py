@@ -15,12 +15,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "launch"))
 
 import gpu_multihost  # noqa: E402
+import steps  # noqa: E402
 import sweep  # noqa: E402
 import tpu_vm  # noqa: E402
 
 POD = tpu_vm.TpuVm(name="mc-pod", zone="us-central2-b", project="proj", accelerator_type="v4-16")
 TRAIN = ["train", "--config=configs/multitask.py:domains=gsm8k", "--config.train.lr=1e-5",
          "--workdir=gs://bucket/exp1"]
+
+
+# --- argv split --------------------------------------------------------------------
+
+
+def test_split_metacog_argv_at_the_first_double_dash():
+    launcher, metacog = steps.split_metacog_argv(("--hosts=a,b", "--dry_run", "--", *TRAIN, "--", "x"))
+    assert launcher == ["--hosts=a,b", "--dry_run"]
+    assert metacog == [*TRAIN, "--", "x"]  # a later -- belongs to the metacog command
+    assert steps.split_metacog_argv(["--hosts=a"]) == (["--hosts=a"], [])
+    assert steps.split_metacog_argv(["--hosts=a", "--"]) == (["--hosts=a"], [])
+    assert steps.split_metacog_argv(["--", "eval"]) == ([], ["eval"])
 
 
 # --- TPU VM ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Tests for metacog_jax.sharding.
 
-Pure logic (shapes, rules, environment plans) runs in this process. Anything
+Pure logic (shapes, rules) runs in this process. Anything
 that needs several devices runs in a subprocess started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set
 before jax is imported and would otherwise leak into other tests.
@@ -103,29 +103,6 @@ def test_normalize_rules_from_json_lists():
     assert rules == (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("kv", None))
     with pytest.raises(ValueError, match="unknown mesh axes"):
         sharding.normalize_rules([("embed", "model")])
-
-
-# --- distributed plan (pure) -----------------------------------------------------
-
-
-def test_distributed_plan_from_env():
-    assert sharding.distributed_plan({}) is None
-    assert sharding.distributed_plan({"METACOG_NUM_PROCESSES": "1"}) is None
-    plan = sharding.distributed_plan({"METACOG_NUM_PROCESSES": "2", "METACOG_COORDINATOR": "h0:1234",
-                                      "METACOG_PROCESS_ID": "1"})
-    assert plan["coordinator_address"] == "h0:1234"
-    assert plan["num_processes"] == 2 and plan["process_id"] == 1
-    assert sharding.distributed_plan({"METACOG_DISTRIBUTED": "auto"}) == {"reason": "METACOG_DISTRIBUTED=auto"}
-    assert sharding.distributed_plan({"TPU_WORKER_HOSTNAMES": "a,b"}) is not None
-    assert sharding.distributed_plan({"TPU_WORKER_HOSTNAMES": "a"}) is None
-    assert sharding.distributed_plan({"MEGASCALE_COORDINATOR_ADDRESS": "x:1"}) is not None
-    assert sharding.distributed_plan({"METACOG_DISTRIBUTED": "0", "TPU_WORKER_HOSTNAMES": "a,b"}) is None
-    with pytest.raises(ValueError, match="METACOG_PROCESS_ID not set"):
-        sharding.distributed_plan({"METACOG_NUM_PROCESSES": "2", "METACOG_COORDINATOR": "h0:1"})
-
-
-def test_maybe_initialize_distributed_single_process_is_noop():
-    assert sharding.maybe_initialize_distributed({}) is False
 
 
 # --- 8 fake devices (subprocess) ---------------------------------------------------
@@ -318,59 +295,3 @@ def test_two_processes_agree_on_global_mesh():
         assert r["psum"] == expected_sum and r["sum"] == expected_sum
         assert r["matmul_sum"] == pytest.approx(r["numpy_matmul_sum"], rel=1e-4, abs=1e-3)
     assert results[0]["matmul_sum"] == results[1]["matmul_sum"]
-
-
-def test_enable_compilation_cache(tmp_path, monkeypatch):
-    import jax
-
-    from metacog_jax.sharding import enable_compilation_cache
-
-    before = jax.config.jax_compilation_cache_dir
-    try:
-        monkeypatch.setenv("METACOG_COMPILATION_CACHE", "off")
-        assert enable_compilation_cache() is None
-        assert jax.config.jax_compilation_cache_dir == before
-        monkeypatch.setenv("METACOG_COMPILATION_CACHE", str(tmp_path / "env_cache"))
-        assert enable_compilation_cache() == str(tmp_path / "env_cache")
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env_cache")
-        assert (tmp_path / "env_cache").is_dir()
-        explicit = enable_compilation_cache(str(tmp_path / "explicit"))
-        assert explicit == str(tmp_path / "explicit") == jax.config.jax_compilation_cache_dir
-        (tmp_path / "a_file").write_text("")
-        with pytest.raises(ValueError, match="a_file.*cannot be created.*METACOG_COMPILATION_CACHE"):
-            enable_compilation_cache(str(tmp_path / "a_file" / "cache"))
-    finally:
-        jax.config.update("jax_compilation_cache_dir", before)
-
-
-HOST_MALLOC_PROBE = """
-import ctypes, resource, sys
-from metacog_jax.sharding import tune_host_allocator
-applied = tune_host_allocator()
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-n = 64 << 20
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(6):  # allocate, touch and free a 64 MiB block, as a step's temporaries are
-    p = libc.malloc(n)
-    ctypes.memset(p, 1, n)
-    libc.free(ctypes.c_void_p(p))
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def test_tune_host_allocator_reuses_freed_memory():
-    """With the tuning, a freed 64 MiB block is reused (its pages fault in once); without it, glibc
-    unmaps it and every allocation faults all 16k pages in again."""
-    def probe(setting):
-        env = dict(os.environ, METACOG_HOST_MALLOC=setting)
-        out = subprocess.run([sys.executable, "-c", HOST_MALLOC_PROBE], env=env, capture_output=True, text=True,
-                             check=True).stdout.split()
-        return out[0] == "True", int(out[1])
-
-    applied, tuned = probe("on")
-    not_applied, default = probe("off")
-    assert applied and not not_applied
-    pages = (64 << 20) // 4096
-    assert default >= 5 * pages  # every round faults its pages in
-    assert tuned < 2 * pages  # only the first round does

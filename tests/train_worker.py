@@ -40,11 +40,11 @@ def main():
     import jax
     from flax import nnx
 
-    from metacog_jax import sharding
+    from metacog_jax import runtime
     from metacog_jax.experiment_config import default_config
     from metacog_jax.train.trainer import train
 
-    sharding.maybe_initialize_distributed()
+    runtime.maybe_initialize_distributed()  # before any device use; train() would do it too
     c = default_config()
     c.model.name = "random"
     c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.peak_flops = 5, 8, 1, 1e11
