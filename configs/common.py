@@ -1,9 +1,16 @@
-"""Shared sweep arguments of the experiment configs (imported by the files beside it).
+"""What the experiment configs share: the sweep string every file accepts and the demo section.
+
+A config file imports it as `from configs import common` (`configs` is installed with the project, so this
+works from any working directory and in a config file kept anywhere on disk).
 
 Every experiment file accepts the same sweep string, e.g.
   --config=configs/multitask.py:domains=gsm8k+mmlu_pro,lora_rank=16,model=qwen2.5_0.5b
+A file passes its own defaults for the keys it cares about (`common.experiment("single", arg,
+domains=("arithmetic",), steps=100, ...)`) and may add keys of its own (demo.py adds `quick` and `real`).
 Fields not in the sweep string are overridden with --config.<field>=<value>.
 """
+
+import ml_collections
 
 from metacog_jax.config_utils import parse_arg
 from metacog_jax.experiment_config import apply_model_preset, default_config
@@ -23,7 +30,9 @@ SWEEP_DEFAULTS = dict(
 def experiment(default_task: str, arg: str | None, **extra_defaults):
     """The default config for `default_task` (or the sweep key `task` where a file adds it), with the sweep string `arg` applied.
 
-    `extra_defaults` add or change sweep keys for one file (e.g. tiny.py adds `task`). Returns
+    Sets model (preset name, spec and mesh), train.task ("base" means "none"), data.domains,
+    data.ood_domains, data.manual_dir, data.confidence_scale, train.lora.rank, train.steps and seed from
+    the sweep. `extra_defaults` add or change sweep keys for one file (e.g. tiny.py adds `task`). Returns
     (config, parsed sweep args)."""
     a = parse_arg(arg, **dict(SWEEP_DEFAULTS, **extra_defaults))
     task = a.get("task", default_task)
@@ -40,10 +49,7 @@ def experiment(default_task: str, arg: str | None, **extra_defaults):
     return c, a
 
 
-def demo_fields(real_in=(), real_out=()):
-    """Demo-only fields: which real sets join when a data dir is given, and the conditions to run."""
-    import ml_collections
-
+def demo_fields(real_in=(), real_out=(), conditions=("base", "single", "pairwise", "multitask")):
+    """The `demo` section: which real sets join when a data dir is given, and the conditions to run in turn."""
     return ml_collections.ConfigDict(dict(
-        real_in_domain=tuple(real_in), real_out_of_domain=tuple(real_out),
-        conditions=("base", "single", "pairwise", "multitask")))
+        real_in_domain=tuple(real_in), real_out_of_domain=tuple(real_out), conditions=tuple(conditions)))

@@ -8,31 +8,43 @@ TruthfulQA out of domain.
 
     metacog demo --config=configs/demo.py [--data_dir=../shared/data]
     metacog demo --config=configs/demo.py:quick      # a ~4-minute look at every stage
+
+Sweep keys: those of configs/common.py plus `quick` (the small budgets at the end) and `real` (real=false:
+procedural sets only, even with a data dir). `lora_rank` is not used: the rank is fixed below.
 """
 
-import os
-import sys
+from configs import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
-
+# The conditions run in turn, each with the settings below (base: no training; see metacog_jax/demo.py).
+CONDITIONS = ("base", "single", "pairwise", "multitask")  # base, S, C, C+S
 REAL_IN_DOMAIN = ("gsm8k", "mmlu_pro", "nq_open")
 REAL_OUT_OF_DOMAIN = ("medqa", "legalbench", "truthfulqa")
 
 
 def get_config(arg=None):
-    c, a = common.experiment("multitask", arg, quick=False, real=True, steps=24)
+    c, a = common.experiment(
+        "multitask", arg, quick=False, real=True,
+        domains=("arithmetic",),  # in domain: train + held-out test
+        ood=("comparison",),  # out of domain: test only
+        steps=24,
+    )
+    # Data: questions per domain (train split; test split and each out-of-domain set).
     c.data.n_train, c.data.n_test = 120, 40
     # SmolLM2-135M gets about a third of level-1 sums/products right and few level-2 ones: a mix it is
     # sometimes right and sometimes wrong on, which is what confidence can be learned from.
     c.data.procedural_levels = (1, 1, 2)
+    # Sampling: K answers per question, at temperature 1 (the default).
     c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 10, 20, 16
     c.targets.balance = False  # keep every training question; the demo's sets are small
+    # Training (each condition's task replaces train.task; C+S mixes half pairwise, half single).
+    c.train.task, c.train.mix = "multitask", 0.5
     # LoRA on the top third of the layers: backward stops there, which keeps a CPU step short.
     c.train.lora.targets = r"layers\.(2[0-9])\..*(q_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
     c.train.lora.rank, c.train.lora.alpha = 8, 16.0
     c.train.batch_size, c.train.max_len, c.train.lr, c.train.warmup_steps = 4, 512, 5e-4, 4
+    c.train.loss.update(single=1.0, pairwise=1.0, answer=1.0, confidence=1.0, choice=1.0, format=1.0, brier=0.0)
     c.train.checkpoint_every = 8
+    # Evaluation: pairwise-task pairs per dataset, batch size, bootstrap resamples of the intervals.
     c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 60, 8, 500
     if a.quick:  # every stage on a handful of questions: a look at the machinery, not at results
         c.data.n_train, c.data.n_test = 24, 12
@@ -40,5 +52,6 @@ def get_config(arg=None):
         c.train.steps, c.train.checkpoint_every = 3, 2
         c.eval.n_pairs, c.eval.n_resamples = 12, 200
     c.demo = common.demo_fields(real_in=REAL_IN_DOMAIN if a.real else (),
-                                real_out=REAL_OUT_OF_DOMAIN if a.real else ())
+                                real_out=REAL_OUT_OF_DOMAIN if a.real else (),
+                                conditions=CONDITIONS)
     return c

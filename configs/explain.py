@@ -11,20 +11,16 @@ style ({answer} is replaced by the model's answer), generation budgets, the conf
 balanced over and the pool they are drawn from.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
-
-from metacog_jax.experiment_config import apply_model_preset  # noqa: E402
-from metacog_jax.perception import explanations  # noqa: E402
+from configs import common
+from metacog_jax.experiment_config import apply_model_preset
+from metacog_jax.perception import explanations
 
 
 def get_config(arg=None):
     c, a = common.experiment("base", arg, tiny=False)
+    c.train.task = "none"  # nothing is trained: the model named by model.name, as loaded, explains
     c.explain = ml_collections.ConfigDict(dict(
         theta1=explanations.DEFAULT_THETA1,
         theta2=explanations.DEFAULT_THETA2,

@@ -3,15 +3,17 @@
 Sweep: tiny.py:task=single (default multitask; also base, pairwise), plus the keys of configs/common.py.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg=None):
-    c, a = common.experiment("multitask", arg, task="multitask", model="tiny", steps=4)
+    c, a = common.experiment(
+        "multitask", arg,
+        task="multitask",  # base | single | pairwise | multitask
+        model="tiny",  # the random model of metacog_jax.experiment_config.tiny_model_fields()
+        domains=("arithmetic",), ood=("comparison",),
+        steps=4, lora_rank=8,
+    )
     c.model.name = "random"
     c.data.n_train, c.data.n_test = 20, 12
     c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 3, 8, 8

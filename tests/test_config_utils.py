@@ -185,10 +185,16 @@ def test_save_and_load_config_json(tmp_path, config_path):
 
 
 def test_save_config_to_explicit_json_path(tmp_path):
-    cfg = ml_collections.ConfigDict({"a": 1, "f": print})
+    cfg = ml_collections.ConfigDict({"a": 1, "b": (0.5, None)})
     written = config_utils.save_config(cfg, tmp_path / "sub" / "c.json")
     data = json.loads(written.read_text())
-    assert data["a"] == 1 and "print" in data["f"]
+    assert data == {"a": 1, "b": [0.5, None]}
+    # A value with no JSON form is an error naming the field, not its repr written silently, and the
+    # earlier file stays whole.
+    with pytest.raises(TypeError, match=r"value\['f'\]: builtin_function_or_method"):
+        config_utils.save_config(ml_collections.ConfigDict({"a": 2, "f": print}), written)
+    assert json.loads(written.read_text())["a"] == 1
+    assert [p.name for p in written.parent.iterdir()] == ["c.json"]
 
 
 def test_load_config_json_reports_bad_json(tmp_path):
