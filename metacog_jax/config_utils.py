@@ -30,12 +30,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+
+from metacog_jax import artifacts
 
 _TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
@@ -232,13 +233,44 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def _import_config_file(path: Path) -> Any:
+def resolve_config_path(path_text: str) -> Path:
+    """The config file that ``path_text`` names.
+
+    A path that exists (relative to the working directory, or absolute) is used as is. Otherwise a
+    relative path starting with ``configs/`` names a file of the installed ``configs`` package, so
+    ``--config=configs/demo.py`` works from any working directory; when that file is not there
+    either, the path is returned unchanged (and loading it fails naming it).
+    """
+    path = Path(path_text)
+    if path.exists() or path.is_absolute() or len(path.parts) < 2 or path.parts[0] != "configs":
+        return path
+    try:
+        package = importlib.util.find_spec("configs")
+    except (ImportError, ValueError):
+        package = None
+    roots = list(package.submodule_search_locations or []) if package is not None else []
+    for root in roots:
+        candidate = Path(root).joinpath(*path.parts[1:])
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def _import_config_file(path_text: str) -> Any:
+    """Run the config file ``path_text`` (see :func:`resolve_config_path`) as a fresh module.
+
+    The file imports the shared pieces as ``from configs import common`` (``configs`` is installed
+    with the project); each load executes the file anew, so an edited file is picked up.
+    """
+    path = resolve_config_path(path_text)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise FileNotFoundError(
+            f"config file {path_text!r} does not exist (relative to {os.getcwd()}; a configs/... path "
+            "also names the installed configs package's files)")
     module_name = "_metacog_config_" + re.sub(r"\W", "_", str(path.resolve()))
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"config file {str(path)!r} cannot be imported as Python")
+        raise ValueError(f"config file {path_text!r} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
     # Sibling config files (e.g. model presets) are importable by bare name; the
     # directory goes last so it cannot shadow installed packages.
@@ -252,7 +284,7 @@ def _import_config_file(path: Path) -> Any:
         if added:
             sys.path.remove(config_dir)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {str(path)!r} defines no get_config()")
+        raise ValueError(f"config file {path_text!r} defines no get_config()")
     return module
 
 
@@ -322,7 +354,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
     Args:
       spec: a config file path, optionally followed by ``:arg`` (a sweep
-        string passed to ``get_config(arg)``). Without ``:arg``,
+        string passed to ``get_config(arg)``). A ``configs/<file>.py`` path
+        that does not exist relative to the working directory names the
+        installed ``configs`` package's file. Without ``:arg``,
         ``get_config()`` is called when it takes no required argument, else
         ``get_config("")`` (all defaults).
       overrides: strings like ``"train.lr=1e-5"`` (see :func:`apply_override`),
@@ -337,7 +371,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         a ConfigDict, or an override is bad.
     """
     path_text, arg = split_spec(spec)
-    module = _import_config_file(Path(path_text))
+    module = _import_config_file(path_text)
     get_config = module.get_config
     if arg is not None:
         config = get_config(arg)
@@ -425,53 +459,25 @@ def split_config_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[
 # ---------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, ml_collections.ConfigDict):
-        return {str(k): _jsonable(value[k]) for k in value.keys()}
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    # Functions, dtypes and the like: keep something readable rather than fail.
-    return repr(value)
-
-
 def config_to_json(config: ml_collections.ConfigDict) -> str:
-    """The config as indented JSON with sorted keys (tuples become lists)."""
-    return json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n"
+    """The config as indented JSON with sorted keys (tuples become lists; see artifacts.json_ready)."""
+    return artifacts.json_text(config, sort_keys=True)
 
 
 def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike) -> Path:
-    """Write ``config`` as JSON atomically; returns the file written.
+    """Write ``config`` as JSON atomically (artifacts.atomic_output); returns the file written.
 
     Args:
       config: the config to save.
       path: a ``.json`` file path, or a directory (the workdir; created if
         needed) in which ``config.json`` is written.
 
-    The file is written to a temporary name in the same directory and renamed,
-    so a reader never sees a half-written file. On multi-host runs call this
-    from process 0 only when the workdir is shared.
+    On multi-host runs call this from process 0 only when the workdir is shared.
     """
     target = Path(path)
     if target.suffix != ".json":
         target = target / "config.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = config_to_json(config)
-    fd, tmp_name = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return target
+    return artifacts.write_text(target, config_to_json(config))
 
 
 def _tuples(value: Any) -> Any:

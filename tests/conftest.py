@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,9 +10,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The CLI turns on jax's persistent compilation cache (~/.cache/metacog_jax/xla by default); tests leave the
-# user's cache alone (subprocesses inherit this). test_sharding checks the cache switch itself.
+# user's cache alone (subprocesses inherit this). test_runtime checks the cache switch itself.
 os.environ.setdefault("METACOG_COMPILATION_CACHE", "off")
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _no_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_strict_json(path) -> object:
+    """A JSON file the way a strict reader (JavaScript, jq) reads it: NaN or Infinity fail.
+
+    Every artifact goes through metacog_jax.artifacts.json_ready, which writes them as null."""
+    return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constant)
 
 
 @pytest.fixture(scope="session")

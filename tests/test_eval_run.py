@@ -13,6 +13,8 @@ from metacog_jax.evaluation import metrics, run
 SINGLE_METRICS = {"accuracy", "mean_confidence", "ece", "ace", "brier", "auroc", "aurc"}
 PAIR_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
 
+from conftest import read_strict_json
+
 
 def sample_record(q, greedy_answer, correct, consistency):
     """A record in the sample stage's shape (only the fields evaluate reads need to be right)."""
@@ -49,7 +51,7 @@ def read_jsonl(path):
 def test_evaluate_writes_items_pairs_and_metrics(tiny_model, smol_tokenizer, datasets, tmp_path):
     out = run.evaluate(tiny_model, smol_tokenizer, datasets, scale="0-10", role_of=ROLES, n_pairs=6, seed=3,
                        batch_size=4, n_resamples=40, out_dir=tmp_path)
-    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    on_disk = read_strict_json(tmp_path / "metrics.json")
     assert on_disk == out
     assert out["ece_definition"] == metrics.ECE_DEFINITION
     assert out["scale"] == "0-10" and out["labels"] == list(prompts.confidence_scale("0-10").labels)
@@ -112,14 +114,6 @@ def test_evaluate_writes_items_pairs_and_metrics(tiny_model, smol_tokenizer, dat
     order = {r["id"]: k for k, r in enumerate(r for r in rows if r["task"] == "single")}
     shown_first_later = [order[p["ids"][0]] > order[p["ids"][1]] for p in rows if p["task"] == "pairwise"]
     assert any(shown_first_later) and not all(shown_first_later)
-
-
-def test_sample_pairs_distinct_and_reproducible():
-    a = run.sample_pairs(30, 50, seed=1)
-    assert a == run.sample_pairs(30, 50, seed=1) and a != run.sample_pairs(30, 50, seed=2)
-    assert len(a) == len(set(a)) == 50 and all(0 <= i < j < 30 for i, j in a)
-    assert sorted(run.sample_pairs(4, 100, seed=0)) == [(i, j) for i in range(4) for j in range(i + 1, 4)]
-    assert run.sample_pairs(1, 10, seed=0) == []
 
 
 def test_verbalized_readout_counts_failures(tiny_model, smol_tokenizer, datasets, tmp_path):

@@ -11,12 +11,12 @@ import pytest
 from metacog_jax.perception import explanations as expl
 from metacog_jax.perception import study
 
-from conftest import REPO
+from conftest import REPO, read_strict_json
 
 
 def test_templates_cover_every_study_style_and_follow_method_example():
     t = expl.default_templates()
-    assert tuple(t) == study.STYLE_NAMES
+    assert tuple(t) == expl.STYLE_NAMES
     assert expl.instruction(t, "not_sure_long", "B") == (
         "Write an explanation why you are not sure that the answer is B. In your explanation, mention that you "
         "are not sure and include the answer. Start with 'I am'.")
@@ -100,10 +100,10 @@ def test_run_explain_writes_a_study_items_file(tmp_path):
     assert path == tmp_path / "explain" / "items.jsonl"
     items = study.load_items(path)
     assert len(items) == 4
-    summary = json.loads((tmp_path / "explain" / "summary.json").read_text())
+    summary = read_strict_json(tmp_path / "explain" / "summary.json")
     details = {d["item_id"]: d for d in summary["details"]}
     for item in items:
-        assert tuple(item.explanations) == study.STYLE_NAMES
+        assert tuple(item.explanations) == expl.STYLE_NAMES
         assert all(text.strip() for text in item.explanations.values())
         assert item.selected_style == expl.select_style(item.model_confidence, config.explain.theta1,
                                                         config.explain.theta2)

@@ -20,6 +20,8 @@ ITEMS = [
 ]
 CORRECT = {f"q{i}": i in (0, 1, 2, 3, 5, 6) for i in range(10)}
 
+from conftest import read_strict_json
+
 
 def _row(participant, condition, item, rating, style="default", attention=0):
     return {"participant_id": participant, "condition": condition, "item_id": item, "style": style,
@@ -176,7 +178,7 @@ def test_mean_rating_by_style():
 def test_gap_report_writes_files(tmp_path):
     report = gap.gap_report(ITEMS, _ratings() + ATTENTION, tmp_path / "report", n_resamples=100)
     out = tmp_path / "report"
-    data = json.loads((out / "gap.json").read_text())  # strict JSON: NaN written as null
+    data = read_strict_json(out / "gap.json")  # strict JSON: NaN written as null
     assert set(data["conditions"]) == {"default", "selected"}
     assert data["overall"]["metrics"]["human_auc"]["estimate"] == pytest.approx(2.5 / 3, abs=1e-6)
     md = (out / "gap.md").read_text()

@@ -9,6 +9,8 @@ import pytest
 
 from metacog_jax.evaluation import metrics, report
 
+from conftest import read_strict_json
+
 
 def ci(estimate, low=None, high=None):
     return {"estimate": estimate, "low": estimate - 0.05 if low is None else low,
@@ -59,7 +61,7 @@ def runs(tmp_path):
 def test_report_tables_numbers_and_figures(runs, tmp_path):
     out = tmp_path / "report"
     rep = report.build_report(runs, out)
-    assert rep == json.loads((out / "report.json").read_text())
+    assert rep == read_strict_json(out / "report.json")
     assert rep["conditions"] == ["base", "S", "C"]
     assert rep["datasets"] == {"in_domain": ["gsm8k", "mmlu"], "out_of_domain": ["medqa"]}
     assert rep["ece_definition"] == metrics.ECE_DEFINITION

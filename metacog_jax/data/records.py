@@ -8,15 +8,12 @@ a malformed record fails where it is made, with the field named.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-from metacog_jax.jsonl import iter_jsonl
+from metacog_jax.artifacts import iter_jsonl, write_jsonl
 
 # Option letters: letter i of a multiple-choice question is OPTION_LETTERS[i].
 # MMLU-Pro uses at most 10 (A-J); TruthfulQA mc1 has up to 13 options (A-M),
@@ -192,26 +189,12 @@ class Question:
 
 
 def write_questions(path: str | os.PathLike[str], questions: Iterable[Question]) -> int:
-    """Writes questions as JSON lines, atomically (temp file + rename).
+    """Writes questions as JSON lines, atomically (see :func:`metacog_jax.artifacts.atomic_output`).
 
     Returns:
       The number of records written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for q in questions:
-                f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        # Nothing half-written is left behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
+    return write_jsonl(path, (q.to_json() for q in questions))
 
 
 def read_questions(path: str | os.PathLike[str]) -> list[Question]:

@@ -14,7 +14,6 @@ Reads each run's ``eval/metrics.json`` (and ``eval/<dataset>.jsonl`` for reliabi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from metacog_jax import artifacts
+from metacog_jax.artifacts import iter_jsonl
 from metacog_jax.evaluation import metrics, plots
-from metacog_jax.evaluation.run import ROLES, read_metrics, write_text_atomic
-from metacog_jax.jsonl import iter_jsonl
+from metacog_jax.evaluation.run import ROLES, read_metrics
 
 # (key in report, task block in metrics.json, metric name there, header, better direction)
 MAIN_METRICS = (
@@ -209,8 +209,8 @@ def build_report(run_dirs: Mapping[str, str | os.PathLike], out_dir: str | os.Pa
         "accuracy": accuracy,
         "diagrams": diagrams,
     }
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(out_dir / "report.md", _markdown(report))
+    artifacts.write_json(out_dir / "report.json", report)
+    artifacts.write_text(out_dir / "report.md", _markdown(report))
     return report
 
 

@@ -44,11 +44,9 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metacog_jax.evaluation import bootstrap, metrics, plots
-from metacog_jax.jsonl import iter_jsonl
+from metacog_jax import artifacts
+from metacog_jax.artifacts import iter_jsonl
 
 RATINGS_COLUMNS = (
     "participant_id",
@@ -511,29 +510,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "condition"
 
 
-def _json_ready(x: Any) -> Any:
-    # JSON has no NaN: undefined values are written as null.
-    if isinstance(x, float):
-        return None if not math.isfinite(x) else x
-    if isinstance(x, dict):
-        return {k: _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    return x
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt(m: dict[str, float]) -> str:
     est, low, high = m["estimate"], m["low"], m["high"]
     if not math.isfinite(est):
@@ -640,6 +616,6 @@ def gap_report(
         "json": str(out / "gap.json"),
         "markdown": str(out / "gap.md"),
     }
-    _write_text_atomic(out / "gap.md", _markdown(report))
-    _write_text_atomic(out / "gap.json", json.dumps(_json_ready(report), indent=2) + "\n")
+    artifacts.write_text(out / "gap.md", _markdown(report))
+    artifacts.write_json(out / "gap.json", report)
     return report

@@ -33,19 +33,16 @@ import random
 import re
 import secrets
 import sqlite3
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import flask
 
-from metacog_jax.jsonl import iter_jsonl
+from metacog_jax import artifacts
+from metacog_jax.artifacts import iter_jsonl
+from metacog_jax.perception.explanations import STYLE_NAMES
 
-CERTAINTY_LEVELS = ("not_sure", "somewhat_sure", "sure")
-LENGTHS = ("long", "short", "uncertainty_only")
-# "default" plus the 3 x 3 modified styles of paper 2.
-STYLE_NAMES = ("default",) + tuple(f"{c}_{n}" for c in CERTAINTY_LEVELS for n in LENGTHS)
 SELECTED_CONDITION = "selected"
 ATTENTION_STYLE = "attention_check"
 # Item ids with this prefix are reserved for the attention checks the app inserts.
@@ -712,20 +709,12 @@ def export_csv(db_path: str | os.PathLike[str], out_csv: str | os.PathLike[str])
     """Writes all accepted responses to `out_csv` with columns EXPORT_COLUMNS (see
     `iter_responses`; attention_passed is empty for non-check rows). The file is written to a
     temporary name and renamed, so a failure leaves no half-written CSV. Returns the row count."""
-    out_csv = Path(out_csv)
     rows = list(iter_responses(db_path))
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out_csv.name + ".", suffix=".tmp", dir=out_csv.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        os.replace(tmp_name, out_csv)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with artifacts.atomic_output(out_csv, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return len(rows)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from metacog_jax import artifacts
 
 
 class MetricsLog:
@@ -32,8 +33,8 @@ class MetricsLog:
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        clean = {k: (v if isinstance(v, (int, str)) or math.isfinite(v) else None) for k, v in values.items()}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        clean = artifacts.json_ready(dict(values))  # NaN/inf -> null (strict JSON), NumPy -> Python
+        self.jsonl.write(json.dumps({"step": step, **clean}, allow_nan=False) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
             for k, v in clean.items():

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from metacog_jax.data import splits
 from metacog_jax.data.records import Question, RecordError
-from metacog_jax.jsonl import iter_jsonl
+from metacog_jax.artifacts import iter_jsonl
 
 # (source split, question id) -> "train" | "test"; see QuestionBuilder.our_split.
 SplitFn = Callable[[str, str], str]

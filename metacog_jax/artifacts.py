@@ -1,0 +1,155 @@
+"""Run files: reading JSONL back, writing every artifact atomically, and one rule for what JSON holds.
+
+Every file a stage writes (samples' questions, targets, eval items, metrics, reports, figures, configs,
+study exports) goes through :func:`atomic_output`: the bytes land in a uniquely named temporary file
+beside the target, are flushed and fsynced, and only then renamed over the target. A reader, or a run
+resumed after a kill, sees either the old file or the whole new one, never half of one; on an error the
+temporary file is removed.
+
+:func:`json_ready` is the one statement of what goes into JSON here: mappings, sequences, strings,
+booleans, integers and finite floats pass through; NumPy (and JAX) scalars and arrays become Python
+values; NaN and infinities become ``null`` (strict JSON has neither); paths become strings. Anything else
+is an error naming where it sits, rather than its ``repr`` written silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+def iter_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError, *,
+               encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields ``(line_number, object)`` for each non-blank line of ``path`` (1-based line numbers).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      error: a line is not valid JSON or not a JSON object; the message starts with ``file:line``.
+    """
+    with Path(path).open(encoding=encoding) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+            yield line_no, obj
+
+
+# -- JSON cleaning ------------------------------------------------------------------------------------------
+def json_ready(value: Any, _where: str = "value") -> Any:
+    """A copy of ``value`` that ``json.dumps(..., allow_nan=False)`` accepts.
+
+    Mappings (including ``ml_collections.ConfigDict``) become dicts with string keys; lists and tuples
+    become lists; NumPy/JAX scalars and arrays become Python numbers and nested lists; NaN and
+    infinities become None; ``os.PathLike`` becomes its string.
+
+    Raises:
+      TypeError: an object of any other type, naming its place (e.g. ``value['a'][2]``) and type.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Mapping) or _is_config_dict(value):
+        return {str(k): json_ready(value[k], f"{_where}[{k!r}]") for k in value.keys()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v, f"{_where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and hasattr(value, "dtype")):
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{_where}: array of dtype {array.dtype} has no JSON form")
+        return json_ready(array.tolist(), _where)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{_where}: {type(value).__name__} object has no JSON form: {value!r:.80}")
+
+
+def _is_config_dict(value: Any) -> bool:
+    # ConfigDict is not a Mapping subclass; checked by name so this module does not import ml_collections.
+    return type(value).__name__ in ("ConfigDict", "FrozenConfigDict") and hasattr(value, "keys")
+
+
+def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """``obj`` through :func:`json_ready` as JSON text (UTF-8 kept as is), ending with a newline."""
+    return json.dumps(json_ready(obj), indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                      allow_nan=False) + "\n"
+
+
+# -- writing ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8",
+                  newline: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    The temporary name is unique (``.<name>.<random>.tmp`` in the same folder, so the rename stays on one
+    filesystem and concurrent writers never share it). On leaving the block the file is flushed, fsynced
+    and renamed over ``path``; if the block raises, the temporary file is removed and ``path`` is left as
+    it was. The handle's ``.name`` is the temporary path, so a caller may validate what it wrote before
+    the rename. Parent folders are created.
+
+    Args:
+      path: the file to write.
+      mode: "w" (text) or "wb" (bytes).
+      encoding, newline: as for :func:`open`, text mode only.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_output mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        text_args = {} if "b" in mode else {"encoding": encoding, "newline": newline}
+        with open(tmp, mode, **text_args) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_output(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
+               sort_keys: bool = False) -> Path:
+    """Write ``obj`` (through :func:`json_ready`) as indented JSON, atomically; returns the path."""
+    return write_text(path, json_text(obj, indent=indent, sort_keys=sort_keys))
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
+    """Write one JSON object a line (each through :func:`json_ready`), atomically; returns the count.
+
+    ``rows`` may be a generator: it is consumed inside the temporary file, so an error part-way leaves
+    the previous ``path`` untouched.
+    """
+    count = 0
+    with atomic_output(path) as f:
+        for row in rows:
+            f.write(json.dumps(json_ready(row), ensure_ascii=False, allow_nan=False) + "\n")
+            count += 1
+    return count
