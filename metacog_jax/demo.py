@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from metacog_jax import pipeline
+from metacog_jax import artifacts, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _stage(name: str, marker: Path, fn):
     t0 = time.perf_counter()
     print(f"[demo] {name} ...", flush=True)
     result = fn()
-    pipeline.write_json_atomic(marker, {"seconds": time.perf_counter() - t0, "result": result})
+    artifacts.write_json(marker, {"seconds": time.perf_counter() - t0, "result": result})
     print(f"[demo] {name}: {time.perf_counter() - t0:.0f}s", flush=True)
     return result
 

@@ -10,7 +10,7 @@ from metacog_jax.models.weights import export_safetensors
 def export_run(config, run_workdir: str | Path, out_dir: str | Path) -> Path:
     """The run's newest checkpoint (or the base model for task 'none'), LoRA merged, as a directory that
     transformers' AutoModelForCausalLM.from_pretrained loads (float32 weights + config + tokenizer)."""
-    from metacog_jax.pipeline import model_for_eval
+    from metacog_jax.train.trainer import model_for_eval
 
     loaded, _ = model_for_eval(config, Path(run_workdir))  # adapters already merged
     return export_safetensors(loaded.model, out_dir, loaded.config, tokenizer=loaded.tokenizer)

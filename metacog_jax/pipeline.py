@@ -12,13 +12,10 @@ finished questions, training restarts from its last checkpoint, evaluation skips
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import jax
-import ml_collections
 
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
@@ -27,19 +24,15 @@ log = logging.getLogger(__name__)
 
 
 # -- questions ------------------------------------------------------------------------------------------
-def tfds_dir(config, data_workdir: Path) -> Path:
-    return Path(config.data.tfds_dir) if config.data.tfds_dir else Path(data_workdir) / "tfds"
-
-
 def load_domain_questions(config, data_workdir: Path) -> dict[str, list[Question]]:
     """In-domain: n_train train + n_test test questions; out-of-domain: n_test test questions."""
-    from metacog_jax.data.sources import load_questions
+    from metacog_jax.data.sources import load_questions, tfds_dir_for
 
     manual = config.data.manual_dir or None
     out = {}
     d = config.data
     kw = dict(seed=config.seed, test_fraction=d.test_fraction, levels=tuple(d.procedural_levels))
-    where = tfds_dir(config, data_workdir)
+    where = tfds_dir_for(config, data_workdir)
     for name in d.domains:
         out[name] = (load_questions(name, manual, where, "train", n=d.n_train, **kw)
                      + load_questions(name, manual, where, "test", n=d.n_test, **kw))
@@ -48,12 +41,6 @@ def load_domain_questions(config, data_workdir: Path) -> dict[str, list[Question
             raise ValueError(f"config lists {name!r} both in data.domains and data.ood_domains")
         out[name] = load_questions(name, manual, where, "test", n=d.n_test, **kw)
     return out
-
-
-def tokenizer_for(config):
-    from metacog_jax.models.build import tokenizer_from_spec
-
-    return tokenizer_from_spec(config.model.tokenizer if config.model.name == "random" else config.model.name)
 
 
 # -- stages ---------------------------------------------------------------------------------------------
@@ -124,51 +111,22 @@ def make_batches(config, data_workdir: Path, tokenizer, split: str = "train"):
 
 def stage_train(config, run_workdir: str | Path, data_workdir: str | Path | None = None,
                 stop_after: int | None = None) -> dict:
+    from metacog_jax.models.build import tokenizer_for_config
     from metacog_jax.train.trainer import train
 
     run_workdir = Path(run_workdir)
     data_workdir = Path(data_workdir or run_workdir)
     if config.train.task == "none" or config.train.steps == 0:
         return {"skipped": "train.task is 'none' (base condition)"}
-    tokenizer = tokenizer_for(config)
+    tokenizer = tokenizer_for_config(config)
     builder, label_info = make_batches(config, data_workdir, tokenizer)
     log.info("batches: %s", builder.stats)
     ids, values = label_info if label_info is not None else (None, None)
-    summary = train(config, run_workdir, builder, label_token_ids=ids, label_values=values, stop_after=stop_after)
+    summary = train(config, run_workdir, builder, label_token_ids=ids, label_values=values, stop_after=stop_after,
+                    tokenizer=tokenizer)
     summary.pop("model", None)
     summary["batch_stats"] = {k: v for k, v in dict(builder.stats).items() if not isinstance(v, (list, dict))}
     return summary
-
-
-def model_for_eval(config, run_workdir: Path):
-    """The base model (task 'none') or the base model with the run's newest checkpoint applied."""
-    from metacog_jax.models.build import build_model
-    from metacog_jax.train.trainer import restore_trained_model
-
-    from metacog_jax.models.lora import merge_lora
-
-    if config.train.task == "none" or config.train.steps == 0:
-        return build_model(config), 0
-    loaded, step = restore_trained_model(config, run_workdir)
-    # Adapters folded into the kernels: the same graph as the base model, so every condition reuses the
-    # compiled scoring and sampling functions, and a forward pass costs no extra LoRA matmuls.
-    merge_lora(loaded.model)
-    return loaded, step
-
-
-def done_marker(path: Path) -> Path:
-    return path / "DONE"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def config_summary(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json_best_effort())
 
 
 def eval_datasets(config, data_workdir: Path) -> tuple[dict, dict]:
@@ -213,6 +171,7 @@ def stage_eval(config, run_workdir: str | Path, data_workdir: str | Path | None 
     """Score both tasks on every in-domain test set and out-of-domain set; write <run>/eval/."""
     from metacog_jax.evaluation.run import evaluate
     from metacog_jax.sampling import Sampler
+    from metacog_jax.train.trainer import model_for_eval
 
     run_workdir = Path(run_workdir)
     data_workdir = Path(data_workdir or run_workdir)

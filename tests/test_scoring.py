@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from metacog_jax.data import procedural, prompts
+from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.evaluation import scoring
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_single_prefix_stops_at_confidence_slot(smol_tokenizer, questions):
 def test_pairwise_matches_slow_reference(tiny_model, smol_tokenizer, questions):
     pairs = [(questions[0], questions[1]), (questions[2], questions[0])]
     p_q1 = scoring.score_pairwise(tiny_model, smol_tokenizer, pairs, batch_size=2)
-    seqs = [smol_tokenizer.encode(l, add_special_tokens=False) for l in prompts.PAIR_LABELS]
+    seqs = [smol_tokenizer.encode(l, add_special_tokens=False) for l in CHOICE_LABELS]
     assert [smol_tokenizer.convert_ids_to_tokens(s) for s in seqs] == [["Q", "1"], ["Q", "2"]]
     for (q1, q2), p in zip(pairs, p_q1):
         prefix = scoring.pairwise_prefix(smol_tokenizer, q1, q2)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from metacog_jax.data import grading, loader, splits
+from metacog_jax.data import grading, splits
 from metacog_jax.data.records import Question
 from metacog_jax.data.sources import DOMAINS, builders, load_questions
 from metacog_jax.data.sources.base import MalformedRecordError, MissingSourceError
@@ -186,21 +186,6 @@ def test_built_data_is_reused_without_manual_dir(tfds_dir, load_all, tmp_path):
     before = load_all("pubmedqa")
     again = load_questions("pubmedqa", tmp_path / "nowhere", tfds_dir, "all")
     assert again == before
-
-
-def test_grain_batches_over_data_source(tfds_dir, load_all):
-    expected = {q.id for q in load_all("medqa")}
-    (builder,) = builders("medqa", DATA, tfds_dir)
-    source = builder.as_data_source()["test"]
-    shards = [loader.question_batches(source, 64, seed=5, shard_index=i, shard_count=2) for i in range(2)]
-    ids = [q.id for shard in shards for batch in shard for q in batch]
-    assert len(ids) == len(expected) == 1273 and set(ids) == expected
-    first = [q.id for q in shards[0][0]]
-    assert first == [q.id for q in loader.question_batches(source, 64, seed=5, shard_count=2)[0]]
-    assert first != [q.id for q in loader.question_batches(source, 64, seed=6, shard_count=2)[0]]
-    even = [loader.question_batches(source, 10, seed=5, shard_index=i, shard_count=2, equal_shards=True)
-            for i in range(2)]
-    assert sum(len(b) for b in even[0]) == sum(len(b) for b in even[1]) == 636
 
 
 # ---- bad input ---------------------------------------------------------------

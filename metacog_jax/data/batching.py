@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from metacog_jax.data import prompts, splits
+from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.data.prompts import ANSWER, CHOICE, CONFIDENCE, FORMAT, PROMPT, ConfidenceScale
 from metacog_jax.data.records import Question
 
@@ -195,10 +196,10 @@ def _encode_pairwise(tokenizer, q1, q2, record, label_ids):
     example = prompts.pairwise_example(tokenizer, q1, q2, record["choice"], tuple(record["answers"]))
     ids, roles = prompts.tokenize_segments(tokenizer, example.segments)
     if label_ids is None:
-        label_ids = prompts.label_token_ids(tokenizer, prompts.PAIR_LABELS, _segments_before(example, CHOICE),
+        label_ids = prompts.label_token_ids(tokenizer, CHOICE_LABELS, _segments_before(example, CHOICE),
                                             sep="")
     key = f"{q1.id}|{q2.id}"
-    decision = _decision_index(ids, roles, CHOICE, record["choice"], prompts.PAIR_LABELS, label_ids, key)
+    decision = _decision_index(ids, roles, CHOICE, record["choice"], CHOICE_LABELS, label_ids, key)
     conf = 1.0 if record["choice"] == "Q1" else 0.0
     return Encoded(tuple(ids), tuple(roles), "pairwise", conf, decision, key), label_ids
 

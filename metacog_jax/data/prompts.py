@@ -16,13 +16,12 @@ template that cannot mark it fails loudly instead of training on the prompt.
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import Sequence
 
+from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.data.records import OPTION_LETTERS, Question
 
 PROMPT, ANSWER, CONFIDENCE, CHOICE, FORMAT = "prompt", "answer", "confidence", "choice", "format"
-PAIR_LABELS = ("Q1", "Q2")
 
 
 class TemplateError(ValueError):
@@ -213,26 +212,14 @@ def pairwise_example(tokenizer, q1: Question, q2: Question, choice: str | None,
     """Pairwise example; `choice` is "Q1" or "Q2", None stops at the choice slot (for scoring)."""
     segs = [Segment(pairwise_prompt(tokenizer, q1, q2), PROMPT)]
     if choice is not None:
-        if choice not in PAIR_LABELS:
-            raise ValueError(f"pairwise choice must be one of {PAIR_LABELS}, got {choice!r}")
+        if choice not in CHOICE_LABELS:
+            raise ValueError(f"pairwise choice must be one of {CHOICE_LABELS}, got {choice!r}")
         a1 = answer_text(q1, answers[0]) if answers[0] is not None else "unknown"
         a2 = answer_text(q2, answers[1]) if answers[1] is not None else "unknown"
         segs += [Segment(choice, CHOICE), Segment("\nQ1: The answer is ", FORMAT), Segment(a1, ANSWER),
                  Segment("\nQ2: The answer is ", FORMAT), Segment(a2, ANSWER),
                  Segment(end_of_turn(tokenizer), FORMAT)]
     return Example("pairwise", tuple(segs), dict(meta, question_ids=(q1.id, q2.id)))
-
-
-def order_pair(q_a: Question, q_b: Question, a_is_better: bool, seed: int, key: str) -> tuple[
-        Question, Question, str]:
-    """Randomise which question is shown first (position bias), reproducibly per (seed, key).
-
-    Returns (q1, q2, choice) where choice names the better question's position.
-    """
-    first_a = random.Random(f"{seed}:{key}").random() < 0.5
-    if first_a:
-        return q_a, q_b, "Q1" if a_is_better else "Q2"
-    return q_b, q_a, "Q2" if a_is_better else "Q1"
 
 
 def label_token_ids(tokenizer, labels: Sequence[str], context: str, sep: str = " ") -> list[list[int]]:

@@ -33,11 +33,9 @@ Domain mixing (train only)
     ``domain_caps`` bounds each domain's count.
 
 Pairs
-    Two questions from DIFFERENT consistency bins (within one domain by default); the label is the
-    question with the higher consistency (``pair_label="consistency"``, matching AUC_c; never tied since
-    the bins differ) or with the higher un-jittered target (``pair_label="target"``; partners with an
-    equal target are not drawn). ``prompts.order_pair`` randomizes which is shown first, so about half of
-    the pairs have choice "Q1". Pairs are built for train (training) and test (evaluation) separately.
+    Built by ``pairs.training_pairs`` from the kept single records: two questions from different
+    consistency bins, labelled by consistency or by target (``pair_label``), shown in a seeded random
+    order. Pairs are built for train (training) and test (evaluation) separately.
 
 Nothing is dropped silently: the summary counts, per split and domain, questions excluded by the domain
 filter, balanced out, cut by domain weights or caps, questions without a parseable answer, and
@@ -51,19 +49,19 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metacog_jax.data import prompts, records, splits
+from metacog_jax import artifacts
+from metacog_jax.artifacts import iter_jsonl
+from metacog_jax.data import pairs as pairs_lib
+from metacog_jax.data import records, splits
 from metacog_jax.data.records import Question
-from metacog_jax.jsonl import iter_jsonl
 
 MODES = ("binned_accuracy", "consistency", "correctness")
-PAIR_LABELS = ("consistency", "target")
 POOLED = "*"  # bin-table key of the fit over all train questions
 _REQUIRED = ("id", "domain", "split", "consistency", "modal_correct", "modal_answer")
 
@@ -214,54 +212,6 @@ def _mix_domains(by_domain: dict[str, list[dict]], weights: Mapping[str, float] 
     return kept, dropped
 
 
-def _pairs(single: list[dict], questions: Mapping[str, Question], *, n_pairs: int, scope: str, label_by: str,
-           seed: int, split: str) -> tuple[list[dict], dict[str, int]]:
-    """Pairs across different consistency bins. Returns (pair records, counts of unpaired / duplicates)."""
-    groups: dict[str, list[dict]] = collections.defaultdict(list)
-    for r in single:
-        groups[r["domain"] if scope == "domain" else POOLED].append(r)
-    out: list[dict] = []
-    stats = {"unpaired": 0, "duplicates_skipped": 0}
-    for group in groups.values():
-        group = sorted(group, key=lambda r: r["question_id"])
-        by_bin: dict[int, list[dict]] = collections.defaultdict(list)
-        for r in group:
-            by_bin[r["bin"]].append(r)
-        used: set[tuple[str, str]] = set()
-        for a in group:
-            candidates = [r for b, rs in sorted(by_bin.items()) if b != a["bin"] for r in rs
-                          if label_by == "consistency" or r["target_raw"] != a["target_raw"]]
-            if not candidates:
-                stats["unpaired"] += 1
-                continue
-            for j in range(n_pairs):
-                rng = random.Random(f"{seed}:pair:{a['question_id']}:{j}")
-                for _ in range(8):  # a few redraws to avoid repeating an unordered pair
-                    b = candidates[rng.randrange(len(candidates))]
-                    key = tuple(sorted((a["question_id"], b["question_id"])))
-                    if key not in used:
-                        break
-                else:
-                    stats["duplicates_skipped"] += 1
-                    continue
-                used.add(key)
-                field = "consistency" if label_by == "consistency" else "target_raw"
-                a_better = a[field] > b[field]
-                q1, q2, choice = prompts.order_pair(questions[a["question_id"]], questions[b["question_id"]],
-                                                    a_better, seed, f"{key[0]}|{key[1]}")
-                r1, r2 = (a, b) if q1.id == a["question_id"] else (b, a)
-                out.append({
-                    "q1": q1.id, "q2": q2.id, "choice": choice, "split": split,
-                    "domains": [r1["domain"], r2["domain"]],
-                    "answers": [r1["answer"], r2["answer"]],
-                    "targets": [r1["target"], r2["target"]],
-                    "consistency": [r1["consistency"], r2["consistency"]],
-                    "correct": [r1["modal_correct"], r2["modal_correct"]],
-                    "bins": [r1["bin"], r2["bin"]],
-                })
-    return out, stats
-
-
 def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, Question], *, n_bins: int = 10,
                   jitter: float = 0.05, mode: str = "binned_accuracy", balance: bool = True,
                   balance_factor: float = 2.0, max_per_bin: int | None = None, pairs_per_question: int = 1,
@@ -302,9 +252,9 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
     """
     if mode not in MODES:
         raise TargetError(f"mode must be one of {MODES}, got {mode!r}")
-    if pair_label not in PAIR_LABELS:
-        raise TargetError(f"pair_label must be one of {PAIR_LABELS}, got {pair_label!r}")
-    if pair_scope not in ("domain", "all"):
+    if pair_label not in pairs_lib.LABEL_SOURCES:
+        raise TargetError(f"pair_label must be one of {pairs_lib.LABEL_SOURCES}, got {pair_label!r}")
+    if pair_scope not in pairs_lib.SCOPES:
         raise TargetError(f"pair_scope must be 'domain' or 'all', got {pair_scope!r}")
     if not 0.0 <= jitter < 0.5 or n_bins < 1 or pairs_per_question < 0 or balance_factor <= 0:
         raise TargetError(f"need 0 <= jitter < 0.5, n_bins >= 1, pairs_per_question >= 0, balance_factor > 0; got "
@@ -387,9 +337,9 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
         kept = [r for d in sorted(by_domain) for r in by_domain[d]]
         for d in per_domain:
             per_domain[d]["single"] = len(by_domain[d])
-        pairs, pair_stats = (_pairs(kept, questions, n_pairs=pairs_per_question, scope=pair_scope,
-                                    label_by=pair_label, seed=seed, split=split)
-                             if pairs_per_question > 0 else ([], {"unpaired": 0, "duplicates_skipped": 0}))
+        pairs, pair_stats = (pairs_lib.training_pairs(kept, questions, n_pairs=pairs_per_question, scope=pair_scope,
+                                                      label_by=pair_label, seed=seed, split=split)
+                             if pairs_per_question > 0 else ([], dict(pairs_lib.NO_PAIRS_STATS)))
         histogram = [0] * n_bins
         for r in kept:
             histogram[bin_index(r["target"], n_bins)] += 1
@@ -407,27 +357,13 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
 
 
 # -- files --------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_targets(workdir: str | os.PathLike[str], single: Sequence[Mapping], pairwise: Sequence[Mapping],
                   summary: Mapping) -> Path:
     """Writes ``workdir/targets/{single.jsonl, pairwise.jsonl, summary.json}`` atomically; returns the folder."""
     out = Path(workdir) / "targets"
-    _atomic_write(out / "single.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in single))
-    _atomic_write(out / "pairwise.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pairwise))
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    artifacts.write_jsonl(out / "single.jsonl", single)
+    artifacts.write_jsonl(out / "pairwise.jsonl", pairwise)
+    artifacts.write_json(out / "summary.json", summary)
     return out
 
 

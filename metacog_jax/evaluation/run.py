@@ -5,7 +5,7 @@ For each dataset (normally a test split):
     confidence distribution (scoring.score_single); confidence = expected value sum_k p_k v_k. Metrics:
     accuracy, mean confidence, ECE, ACE, Brier, AUROC, AURC, against greedy correctness.
   * pairwise task: seeded random pairs of its questions, shown in a random Q1/Q2 order
-    (prompts.order_pair), are scored for p_q1 = P("Q1") renormalized over {Q1, Q2}. Metrics: AUC_c over
+    (pairs.order_pair), are scored for p_q1 = P("Q1") renormalized over {Q1, Q2}. Metrics: AUC_c over
     pairs whose self-consistencies differ, AUC_a over pairs with exactly one correct greedy answer (each
     also as a threshold-free AUROC), and the Q1 choice rate (position bias).
 Every metric carries a 95% percentile-bootstrap interval; the resampling unit is the item (single) or
@@ -25,10 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import random
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +34,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from metacog_jax import artifacts
+from metacog_jax.data import pairs as pairs_lib
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
 from metacog_jax.evaluation import bootstrap, metrics, scoring
@@ -112,66 +111,7 @@ def _join_records(dataset: str, questions: Sequence[Question], records: Iterable
     return out
 
 
-def sample_pairs(n_items: int, n_pairs: int, seed: int) -> list[tuple[int, int]]:
-    """Up to `n_pairs` distinct unordered pairs (i < j) of range(n_items), drawn uniformly, reproducibly.
-
-    All n(n-1)/2 pairs when fewer exist; the order of the list is random too.
-    """
-    total = n_items * (n_items - 1) // 2
-    rng = random.Random(f"pairs:{seed}")
-    if 2 * n_pairs >= total:
-        # Dense request: enumerate (rejection sampling would stall near the total).
-        pairs = [(i, j) for i in range(n_items) for j in range(i + 1, n_items)]
-        rng.shuffle(pairs)
-        return pairs[:n_pairs]
-    chosen: set[tuple[int, int]] = set()
-    out = []
-    while len(out) < n_pairs:
-        i, j = rng.sample(range(n_items), 2)
-        pair = (min(i, j), max(i, j))
-        if pair not in chosen:
-            chosen.add(pair)
-            out.append(pair)
-    return out
-
-
 # -- outputs --------------------------------------------------------------------------------------------
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: NumPy scalars/arrays to Python, NaN/inf to null (strict JSON)."""
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` via a temporary file and rename (nothing half-written is left behind)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows))
-
-
 def _with_intervals(fn, arrays, n_resamples: int, seed: int) -> dict[str, dict[str, float]]:
     return bootstrap.bootstrap_cis(fn, tuple(np.asarray(a, np.float64) for a in arrays), n_resamples=n_resamples,
                                    seed=seed)
@@ -244,7 +184,7 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         "confidence": "expected value sum_k p_k v_k of the renormalized label distribution",
         "scale": scale.name, "labels": list(scale.labels), "values": list(scale.values),
         "label_tokens": [list(t) for t in label_set.token_ids], "label_terminator": label_set.terminator,
-        "pair_labels": list(prompts.PAIR_LABELS), "seed": seed, "n_resamples": n_resamples,
+        "pair_labels": list(pairs_lib.CHOICE_LABELS), "seed": seed, "n_resamples": n_resamples,
         "interval": "95% percentile bootstrap (items for single, pairs for pairwise)",
         "datasets": {},
     }
@@ -263,15 +203,15 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
                                         n_pairs=n_pairs, seed=seed, batch_size=batch_size, n_resamples=n_resamples,
                                         verbalized=verbalized, sampler=sampler, mesh=mesh,
                                         max_new_tokens=verbalized_max_new_tokens, progress=progress)
-        _write_jsonl(out_dir / f"{name}.jsonl", rows)
+        artifacts.write_jsonl(out_dir / f"{name}.jsonl", rows)
         entry["seconds"] = time.perf_counter() - t0
-        entry = _clean(entry)
-        write_text_atomic(done_path, json.dumps({"fingerprint": fingerprint, "entry": entry}) + "\n")
+        entry = artifacts.json_ready(entry)
+        artifacts.write_json(done_path, {"fingerprint": fingerprint, "entry": entry}, indent=None)
         result["datasets"][name] = entry
         log.info("eval %s: %d items, %d pairs, %.1fs", name, len(questions), entry["pairwise"]["n"],
                  entry["seconds"])
-    result = _clean(result)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    result = artifacts.json_ready(result)
+    artifacts.write_json(out_dir / "metrics.json", result)
     return result
 
 
@@ -308,10 +248,10 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
                      "label_mass": s["label_mass"], "distribution": s["distribution"]})
 
     # Pairwise: random pairs, random display order (position bias), p_q1 read at the choice slot.
-    index_pairs = sample_pairs(len(questions), n_pairs, seed)
+    index_pairs = pairs_lib.evaluation_pairs(len(questions), n_pairs, seed)
     shown = []
     for a, b in index_pairs:
-        q1, q2, _ = prompts.order_pair(questions[a], questions[b], True, seed, f"{questions[a].id}|{questions[b].id}")
+        q1, q2, _ = pairs_lib.order_pair(questions[a], questions[b], True, seed, f"{questions[a].id}|{questions[b].id}")
         shown.append((a, b) if q1 is questions[a] else (b, a))
     pairs = [(questions[i], questions[j]) for i, j in shown]
     if pairs:

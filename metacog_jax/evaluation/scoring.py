@@ -39,6 +39,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from metacog_jax.data import prompts
+from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.data.prompts import ConfidenceScale, TemplateError
 from metacog_jax.data.records import Question
 from metacog_jax.sampling import Sampler, SamplingParams, length_bucket
@@ -113,7 +114,7 @@ def confidence_label_set(tokenizer, scale: ConfidenceScale | str) -> LabelSet:
 def pair_label_set(tokenizer) -> LabelSet:
     """The checked token sequences of "Q1" / "Q2", written directly after the assistant header."""
     header = prompts.prompt_text(tokenizer, "Which question?")
-    return checked_labels(tokenizer, prompts.PAIR_LABELS, header, "", "\nQ1: The answer is ",
+    return checked_labels(tokenizer, CHOICE_LABELS, header, "", "\nQ1: The answer is ",
                           "pairwise labels")
 
 

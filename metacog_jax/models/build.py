@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 from flax import nnx
 
@@ -39,14 +41,23 @@ def tokenizer_from_spec(spec: str):
     return load_hf_tokenizer(path)
 
 
+def tokenizer_for_config(c: ml_collections.ConfigDict):
+    """The config's tokenizer: the model's own, or `model.tokenizer` for the random test model."""
+    return tokenizer_from_spec(c.model.tokenizer if c.model.name == "random" else c.model.name)
+
+
 def _one_device_mesh():
     import jax
 
-    return sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    # This process's own first device: after a multi-host join jax.devices()[0] may be another host's.
+    return sharding_lib.make_mesh((1, 1, 1), devices=jax.local_devices()[:1])
 
 
-def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
-    """Load (or randomly initialise, for model.name == "random") the config's model onto the mesh."""
+def build_model(c: ml_collections.ConfigDict, mesh=None, tokenizer=None) -> LoadedModel:
+    """Load (or randomly initialise, for model.name == "random") the config's model onto the mesh.
+
+    `tokenizer`: one the caller already built with :func:`tokenizer_for_config` (so a stage builds it
+    once); None builds it here."""
     rules = rules_from_config(c)
     if c.model.name == "random":
         cfg = random_model_config(c.model.random)
@@ -55,9 +66,11 @@ def build_model(c: ml_collections.ConfigDict, mesh=None) -> LoadedModel:
         # Always initialised inside one jitted function (on a 1-device mesh when none is given), so the
         # random weights are bitwise the same with and without a mesh.
         model = sharding_lib.init_sharded(factory, mesh if mesh is not None else _one_device_mesh(), rules)
-        tok = tokenizer_from_spec(c.model.tokenizer)
+        tok = tokenizer if tokenizer is not None else tokenizer_for_config(c)
         if tok.vocab_size > cfg.vocab_size:
             raise ValueError(f"config model.random.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
                              f"vocabulary ({tok.vocab_size}) from {c.model.tokenizer!r}")
         return LoadedModel(model, tok, cfg, "random")
-    return load_model(c.model.name, dtype=c.model.dtype, param_dtype=c.model.param_dtype, mesh=mesh, rules=rules)
+    loaded = load_model(c.model.name, dtype=c.model.dtype, param_dtype=c.model.param_dtype, mesh=mesh, rules=rules,
+                        with_tokenizer=tokenizer is None)
+    return loaded if tokenizer is None else dataclasses.replace(loaded, tokenizer=tokenizer)

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from metacog_jax import artifacts
 from metacog_jax.data.grading import grade, is_correct
 from metacog_jax.data.records import Question
 from metacog_jax.perception import explanations as expl
@@ -112,19 +112,12 @@ def _check_explain_config(c) -> dict[str, str]:
 
 
 def _write_items_atomic(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write JSONL to a temporary file beside `path`, validate it as a study items file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        study.load_items(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the items as JSONL beside `path`, validate them as a study items file, then rename."""
+    with artifacts.atomic_output(path) as f:
+        for r in records:
+            f.write(json.dumps(artifacts.json_ready(r), ensure_ascii=False) + "\n")
+        f.flush()
+        study.load_items(f.name)
 
 
 def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro", n: int = 10) -> Path:
@@ -141,9 +134,8 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
       ValueError: bad config values, n < 1, an empty pool, or no item whose explanations are all
         non-empty.
     """
-    from metacog_jax.data.sources import load_questions
+    from metacog_jax.data.sources import load_questions, tfds_dir_for
     from metacog_jax.models.build import build_model
-    from metacog_jax.pipeline import tfds_dir, write_json_atomic
     from metacog_jax.sampling import Sampler
 
     t0 = time.perf_counter()
@@ -154,7 +146,7 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
     workdir = Path(workdir)
     out_dir = workdir / "explain"
     pool_n = max(int(e.pool_size), n)
-    questions = load_questions(domain, config.data.manual_dir or None, tfds_dir(config, workdir), "test", n=pool_n,
+    questions = load_questions(domain, config.data.manual_dir or None, tfds_dir_for(config, workdir), "test", n=pool_n,
                                seed=config.seed, test_fraction=config.data.test_fraction,
                                levels=tuple(config.data.procedural_levels))
     if not questions:
@@ -178,10 +170,10 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         cursor += len(batch)
         texts = expl.generate_explanations(
             sampler, [pool[i]["question"] for i in batch], [pool[i]["model_answer"] for i in batch],
-            study.STYLE_NAMES, templates, max_new_tokens_long=int(e.max_new_tokens_long),
+            expl.STYLE_NAMES, templates, max_new_tokens_long=int(e.max_new_tokens_long),
             max_new_tokens_short=int(e.max_new_tokens_short), progress=bool(e.progress))
         for i, t in zip(batch, texts):
-            blank = [s for s in study.STYLE_NAMES if not t[s]]
+            blank = [s for s in expl.STYLE_NAMES if not t[s]]
             if blank:
                 log.warning("explain: %s dropped: empty explanation in styles %s", pool[i]["question"].id, blank)
                 dropped.append(pool[i]["question"].id)
@@ -233,6 +225,6 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         seconds=dict(confidence=round(t_conf, 2), explanations=round(t_gen, 2),
                      total=round(time.perf_counter() - t0, 2)),
     )
-    write_json_atomic(out_dir / "summary.json", summary)
+    artifacts.write_json(out_dir / "summary.json", summary)
     log.info("explain: wrote %d items to %s in %.1fs", len(records), items_path, time.perf_counter() - t0)
     return items_path

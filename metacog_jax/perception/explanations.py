@@ -1,7 +1,7 @@
 """Paper 2: explanation styles, the rule that picks one from the model's confidence, item selection
 balanced over confidence bins, and the second-turn generation of explanations (METHOD.md, paper 2).
 
-Styles (names from ``study.STYLE_NAMES``): "default" — "Provide an explanation for the answer you
+Styles (``STYLE_NAMES``, defined here; the study app imports them): "default" — "Provide an explanation for the answer you
 gave. In your explanation, you must include the answer." — and the 3 x 3 modified styles
 ``{certainty}_{length}``: certainty not_sure / somewhat_sure / sure (the certainty the explanation
 must express), length long (a full explanation), short (a very short explanation with as few words as
@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import random
 import string
-from typing import Any, Callable, Mapping, Sequence, TypeVar
-
-import jax
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
-from metacog_jax.perception.study import CERTAINTY_LEVELS, LENGTHS, STYLE_NAMES
-from metacog_jax.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:  # the study app imports the style names below without loading JAX
+    from metacog_jax.sampling import Sampler
 
 T = TypeVar("T")
+
+# The certainty an explanation must express, its length, and the 1 + 3 x 3 style names built from them.
+CERTAINTY_LEVELS = ("not_sure", "somewhat_sure", "sure")
+LENGTHS = ("long", "short", "uncertainty_only")
+STYLE_NAMES = ("default",) + tuple(f"{c}_{n}" for c in CERTAINTY_LEVELS for n in LENGTHS)
 
 DEFAULT_STYLE = "default"
 # Defaults of the selection rule: p <= 0.4 "not sure", 0.4 < p <= 0.6 "somewhat sure", else "sure".
@@ -53,7 +57,7 @@ _LENGTH_TEMPLATES = {
 
 
 def style_name(certainty: str, length: str) -> str:
-    """"{certainty}_{length}", checked against study.STYLE_NAMES."""
+    """"{certainty}_{length}", checked against STYLE_NAMES."""
     name = f"{certainty}_{length}"
     if name not in STYLE_NAMES:
         raise ValueError(f"no style {name!r}: certainty must be one of {CERTAINTY_LEVELS}, length one of {LENGTHS}")
@@ -62,7 +66,7 @@ def style_name(certainty: str, length: str) -> str:
 
 def default_templates() -> dict[str, str]:
     """Style name -> instruction template (``{answer}`` is replaced by the model's answer), for every
-    style in study.STYLE_NAMES."""
+    style in STYLE_NAMES."""
     out = {DEFAULT_STYLE: _DEFAULT_TEMPLATE}
     for certainty in CERTAINTY_LEVELS:
         for length in LENGTHS:
@@ -213,7 +217,10 @@ def generate_explanations(sampler: Sampler, questions: Sequence[Question], answe
     for budget, rows in jobs.items():
         rows.sort(key=lambda r: len(r[2]))
         chunks += [(budget, rows[s:s + sampler.batch_size]) for s in range(0, len(rows), sampler.batch_size)]
+    import jax
     from tqdm.auto import tqdm
+
+    from metacog_jax.sampling import SamplingParams
 
     for budget, chunk in tqdm(chunks, desc="explanations", unit="batch", disable=not progress):
         gen = sampler.generate([r[2] for r in chunk], SamplingParams(max_new_tokens=budget, temperature=0.0),
@@ -224,5 +231,5 @@ def generate_explanations(sampler: Sampler, questions: Sequence[Question], answe
 
 
 def explanation_record(texts: Mapping[str, str]) -> dict[str, Any]:
-    """The explanations of one item in study.STYLE_NAMES order (the items file's key order)."""
+    """The explanations of one item in STYLE_NAMES order (the items file's key order)."""
     return {s: texts[s] for s in STYLE_NAMES if s in texts}

@@ -14,10 +14,7 @@ step), so a checkpoint needs only the states and the step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -31,6 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from metacog_jax import runtime
 from metacog_jax import sharding as sharding_lib
 from metacog_jax.models import lora as lora_lib
 from metacog_jax.models.build import build_model, mesh_from_config, rules_from_config
@@ -52,16 +50,6 @@ BATCH_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_weights", "
               "decision_value")
 
 
-@dataclasses.dataclass
-class TrainState:
-    graphdef: Any
-    trainable: Any
-    frozen: Any
-    other: Any
-    opt_state: Any
-    step: int = 0
-
-
 def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """AdamW with linear warmup then cosine decay to lr * min_lr_ratio, after global-norm clipping."""
     schedule = optax.warmup_cosine_decay_schedule(
@@ -76,9 +64,11 @@ def trainable_filter(config) -> Any:
     return nnx.LoRAParam if config.train.lora.rank > 0 else nnx.Param
 
 
-def prepare_model(config, mesh):
-    """Load the model onto the mesh and add LoRA adapters if configured. Returns (LoadedModel, lora paths)."""
-    loaded = build_model(config, mesh=mesh)
+def prepare_model(config, mesh, tokenizer=None):
+    """Load the model onto the mesh and add LoRA adapters if configured. Returns (LoadedModel, lora paths).
+
+    `tokenizer`: the config's tokenizer if the caller has built it already (else it is built here)."""
+    loaded = build_model(config, mesh=mesh, tokenizer=tokenizer)
     paths = []
     lo = config.train.lora
     if lo.rank > 0:
@@ -261,11 +251,12 @@ class TrainSetup:
 
 
 def setup_training(config: ml_collections.ConfigDict, mesh, label_token_ids=None,
-                   label_values=None, attention_window: int = 0) -> TrainSetup:
+                   label_values=None, attention_window: int = 0, tokenizer=None) -> TrainSetup:
     """Load the model onto `mesh`, split it, build the optimizer and the jitted train step (attention reaching
-    back at most `attention_window` tokens, 0 = whole rows: see resolve_attention_window)."""
+    back at most `attention_window` tokens, 0 = whole rows: see resolve_attention_window). `tokenizer`: as
+    for prepare_model."""
     t = config.train
-    loaded, lora_paths = prepare_model(config, mesh)
+    loaded, lora_paths = prepare_model(config, mesh, tokenizer)
     graphdef, trainable, frozen, other = split_model(loaded.model, config)
     if t.lora.rank == 0:
         sharding_lib.assert_sufficiently_sharded(nnx.state(loaded.model), mesh)
@@ -286,19 +277,22 @@ def setup_training(config: ml_collections.ConfigDict, mesh, label_token_ids=None
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: BatchSource, *,
           label_token_ids=None, label_values=None, eval_fn: Callable | None = None,
-          stop_after: int | None = None, progress: bool = True) -> dict:
+          stop_after: int | None = None, progress: bool = True, tokenizer=None) -> dict:
     """Train for config.train.steps steps (resuming from workdir/checkpoints if present).
 
     `stop_after` ends this invocation after that many steps (tests use it to simulate an interruption).
+    `tokenizer`: the config's tokenizer when the caller built it already for the batches (built once).
     Returns a summary dict; the final trainable state is saved as the last checkpoint.
     """
     workdir = Path(workdir)
     t = config.train
-    sharding_lib.maybe_initialize_distributed()
+    # The CLI joins a multi-host run in runtime.start_process(); library callers (tests, notebooks,
+    # scripts) may not have, and the mesh below needs the global device list. Idempotent: a no-op after it.
+    runtime.maybe_initialize_distributed()
     mesh = mesh_from_config(config)
     sharding_lib.check_batch_divisible(t.batch_size, mesh)
     window = resolve_attention_window(config, batches)
-    ts = setup_training(config, mesh, label_token_ids, label_values, window)
+    ts = setup_training(config, mesh, label_token_ids, label_values, window, tokenizer=tokenizer)
     loaded, lora_paths, graphdef, trainable, frozen, other, opt_state = (
         ts.loaded, ts.lora_paths, ts.graphdef, ts.trainable, ts.frozen, ts.other, ts.opt_state)
     schedule, step_fn, tr_sh, opt_sh = ts.schedule, ts.step_fn, ts.trainable_shardings, ts.opt_shardings
@@ -403,4 +397,16 @@ def restore_trained_model(config, workdir: str | Path, mesh=None):
         raise ValueError(f"no readable checkpoint in {workdir / 'checkpoints'}")
     step, trainable, _, _ = restored
     nnx.update(loaded.model, trainable)
+    return loaded, step
+
+
+def model_for_eval(config, run_workdir: str | Path):
+    """(LoadedModel, checkpoint step): the base model for task 'none' (step 0), else the base model with
+    the run's newest checkpoint applied and any LoRA adapters merged into the kernels."""
+    if config.train.task == "none" or config.train.steps == 0:
+        return build_model(config), 0
+    loaded, step = restore_trained_model(config, run_workdir)
+    # Adapters folded into the kernels: the same graph as the base model, so every condition reuses the
+    # compiled scoring and sampling functions, and a forward pass costs no extra LoRA matmuls.
+    lora_lib.merge_lora(loaded.model)
     return loaded, step

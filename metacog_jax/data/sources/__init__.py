@@ -115,6 +115,12 @@ def domain_info(name: str) -> DomainInfo:
         raise ValueError(f"unknown domain {name!r}; known domains: {', '.join(sorted(DOMAINS))}") from None
 
 
+def tfds_dir_for(config, workdir: str | os.PathLike[str]) -> Path:
+    """Where a run's TFDS builders write their array_record files: ``config.data.tfds_dir``, else
+    ``<workdir>/tfds``."""
+    return Path(config.data.tfds_dir) if config.data.tfds_dir else Path(workdir) / "tfds"
+
+
 def builders(name: str, manual_dir: str | os.PathLike[str] | None,
              tfds_dir: str | os.PathLike[str]) -> list[Any]:
     """Returns the prepared TFDS builder(s) of a file-backed domain.
@@ -203,15 +209,3 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
     if split != "all":
         questions = [q for q in questions if q.split == split]
     return splits.subsample(questions, n, seed)
-
-
-def domains_with_role(role: str) -> list[str]:
-    """Registry names with the given role (``"in_domain"``/``"out_of_domain"``)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    return [name for name, info in DOMAINS.items() if info.role == role]
-
-
-def known_domains() -> Sequence[str]:
-    """All registry names, sorted."""
-    return sorted(DOMAINS)
