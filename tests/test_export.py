@@ -118,7 +118,7 @@ def test_exported_weights_are_base_plus_adapters(exported):
 def test_exported_tokenizer_matches(exported):
     import transformers
 
-    from metacog_jax.pipeline import tokenizer_for
+    from metacog_jax.models.build import tokenizer_for_config as tokenizer_for
 
     config, _, out = exported
     text = "What is 17 + 25? Answer with a number.\nConfidence: 0.85"
