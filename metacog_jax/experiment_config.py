@@ -7,6 +7,8 @@ locked after loading, so a typo in a field name fails instead of being ignored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ml_collections
 
 from metacog_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
@@ -77,7 +79,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.targets.jitter = 0.05
     c.targets.balance = True
     c.targets.max_per_bin = 0  # 0 = rule of the target builder
+    c.targets.balance_factor = 2.0  # balancing cap per target bin = ceil(factor x smallest bin), unless max_per_bin
+    c.targets.per_domain_bins = True  # fit consistency bins per domain (False: one fit over all train questions)
+    # Per-domain train mixing, "name=value" entries (override: targets.domain_weights=gsm8k=1,mmlu_pro=3):
+    c.targets.domain_weights = ()  # relative train shares (subsample to these proportions); () = keep all
+    c.targets.domain_caps = ()  # most train questions per domain, e.g. ("gsm8k=500",); () = no caps
     c.targets.pairs_per_question = 1
+    c.targets.pair_scope = "domain"  # domain (partners from the same domain) | all
+    # Which question of a training pair is labelled better: consistency (the higher raw consistency, as
+    # AUC_c) | target (the higher un-jittered target) | bin_accuracy (= target; mode binned_accuracy only).
+    c.targets.pair_label = "consistency"
+    c.targets.pair_orders = "random"  # random (one seeded order per pair) | both (each pair twice, label flipped)
 
     c.train = ml_collections.ConfigDict()
     c.train.task = "multitask"  # none | single | pairwise | multitask
@@ -124,6 +136,68 @@ def apply_model_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collecti
     return c
 
 
+def domain_values(entries: Sequence[str], field: str, kind: type = float) -> dict[str, float | int] | None:
+    """Reads a per-domain mapping kept as ``"name=value"`` strings: ``("gsm8k=1", "nq_open=0.5")`` ->
+    ``{"gsm8k": 1.0, "nq_open": 0.5}``; an empty sequence -> None (the option is off).
+
+    A tuple of strings is what a locked config can take from the command line
+    (``--config.targets.domain_weights=gsm8k=1,nq_open=0.5``); a sub-config could not gain new keys.
+
+    Raises:
+      ValueError: naming ``field`` for an entry without ``=``, an empty name, a repeated name, or a value
+        that is not a ``kind`` (int: a whole number).
+    """
+    if isinstance(entries, str):
+        entries = (entries,)
+    out: dict[str, float | int] = {}
+    for entry in entries:
+        name, has_value, text = str(entry).partition("=")
+        name, text = name.strip(), text.strip()
+        if not has_value or not name or not text:
+            raise ValueError(f"config {field}: entry {entry!r} is not name=value (e.g. {field}=gsm8k=1,nq_open=2)")
+        if name in out:
+            raise ValueError(f"config {field}: domain {name!r} given twice")
+        try:
+            out[name] = kind(text)
+        except ValueError:
+            expected = "a whole number" if kind is int else "a number"
+            raise ValueError(f"config {field}: {name}={text!r} is not {expected}") from None
+    return out or None
+
+
+def _validate_targets(c: ml_collections.ConfigDict) -> None:
+    from metacog_jax.data import pairs, targets
+
+    t = c.targets
+    for name, allowed in (("mode", targets.MODES), ("pair_label", targets.PAIR_LABELS),
+                          ("pair_scope", pairs.SCOPES), ("pair_orders", pairs.ORDERS)):
+        if t[name] not in allowed:
+            raise ValueError(f"config targets.{name}={t[name]!r}; choose one of {', '.join(allowed)}")
+    if t.pair_label in targets.PAIR_LABEL_ALIASES:
+        source, mode = targets.PAIR_LABEL_ALIASES[t.pair_label]
+        if t.mode != mode:
+            raise ValueError(f"config targets.pair_label={t.pair_label!r} needs targets.mode={mode!r} (the "
+                             f"target is the bin accuracy only there), got {t.mode!r}; use pair_label={source!r}")
+    if not t.balance_factor > 0:
+        raise ValueError(f"config targets.balance_factor={t.balance_factor} must be > 0")
+    domains = set(c.data.domains)
+    weights = domain_values(t.domain_weights, "targets.domain_weights", float)
+    caps = domain_values(t.domain_caps, "targets.domain_caps", int)
+    for field, mapping in (("targets.domain_weights", weights), ("targets.domain_caps", caps)):
+        unknown = sorted(set(mapping or ()) - domains)
+        if unknown:
+            raise ValueError(f"config {field} names {unknown}, which are not in data.domains {sorted(domains)}")
+        if mapping and not all(v >= 0 for v in mapping.values()):  # NaN fails too
+            raise ValueError(f"config {field} must be >= 0, got {mapping}")
+    if weights is not None:
+        missing = sorted(domains - set(weights))
+        if missing:
+            raise ValueError(f"config targets.domain_weights has no weight for data.domains {missing}; give "
+                             "every in-domain set one (0 leaves it out)")
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError(f"config targets.domain_weights needs a positive weight, got {weights}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Cross-field checks that a typed override cannot catch."""
     if not c.data.domains:
@@ -141,3 +215,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          "training example), 0 (whole rows) or a number of tokens")
     if c.train.lora.rank < 0:
         raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")
+    _validate_targets(c)

@@ -67,13 +67,19 @@ def stage_sample(config, data_workdir: str | Path, model=None) -> dict:
 def stage_targets(config, data_workdir: str | Path) -> dict:
     """Consistency-bin targets and pairs from the cached samples (in-domain train split for training)."""
     from metacog_jax.data import targets as targets_lib
+    from metacog_jax.experiment_config import domain_values
 
     data_workdir = Path(data_workdir)
-    samples, questions = targets_lib.load_sampled(data_workdir, domains=list(config.data.domains))
     t = config.targets
+    weights = domain_values(t.domain_weights, "targets.domain_weights", float)
+    caps = domain_values(t.domain_caps, "targets.domain_caps", int)
+    samples, questions = targets_lib.load_sampled(data_workdir, domains=list(config.data.domains))
     single, pairwise, summary = targets_lib.build_targets(
         samples, questions, n_bins=t.n_bins, jitter=t.jitter, mode=t.mode, balance=t.balance,
-        max_per_bin=t.max_per_bin or None, pairs_per_question=t.pairs_per_question, seed=config.seed)
+        balance_factor=t.balance_factor, max_per_bin=t.max_per_bin or None,
+        pairs_per_question=t.pairs_per_question, pair_scope=t.pair_scope, pair_label=t.pair_label,
+        per_domain_bins=t.per_domain_bins, seed=config.seed, domain_weights=weights, domain_caps=caps,
+        pair_orders=t.pair_orders)
     targets_lib.write_targets(data_workdir, single, pairwise, summary)
     return summary
 

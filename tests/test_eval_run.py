@@ -11,7 +11,8 @@ from metacog_jax.data import procedural, prompts
 from metacog_jax.evaluation import metrics, run
 
 SINGLE_METRICS = {"accuracy", "mean_confidence", "ece", "ace", "brier", "auroc", "aurc"}
-PAIR_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
+RAW_PAIR_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
+PAIR_METRICS = RAW_PAIR_METRICS
 
 from conftest import read_strict_json
 
@@ -76,6 +77,8 @@ def test_evaluate_writes_items_pairs_and_metrics(tiny_model, smol_tokenizer, dat
 
         # Every metric with an interval; the point estimates agree with the item files.
         assert set(entry["single"]["metrics"]) == SINGLE_METRICS
+        assert entry["single"]["n_correct"] + entry["single"]["n_wrong"] == len(questions)
+        assert entry["single"]["n_correct"] == sum(by_id[i]["greedy"]["correct"] for i in ids)
         for m in entry["single"]["metrics"].values():
             assert set(m) == {"estimate", "low", "high", "n_undefined_resamples"}
             assert m["low"] <= m["estimate"] + 1e-9 and m["estimate"] <= m["high"] + 1e-9
@@ -91,19 +94,26 @@ def test_evaluate_writes_items_pairs_and_metrics(tiny_model, smol_tokenizer, dat
         assert len(pairs) == entry["pairwise"]["n"] == min(6, n_all)
         assert len({frozenset(p["ids"]) for p in pairs}) == len(pairs)  # distinct pairs
         assert set(entry["pairwise"]["metrics"]) == PAIR_METRICS
+        assert set(entry["pairwise_raw"]["metrics"]) == RAW_PAIR_METRICS
         p_q1 = np.asarray([p["p_q1"] for p in pairs])
+        p_swapped = np.asarray([p["p_q1_swapped"] for p in pairs])
+        p_tilde = np.asarray([p["p_tilde"] for p in pairs])
+        np.testing.assert_allclose(p_tilde, 0.5 * (p_q1 + 1 - p_swapped), atol=1e-12)
         c = np.asarray([[by_id[i]["consistency"] for i in p["ids"]] for p in pairs])
         y = np.asarray([[by_id[i]["greedy"]["correct"] for i in p["ids"]] for p in pairs], float)
         assert [p["consistency"] for p in pairs] == c.tolist()
         assert entry["pairwise"]["n_consistency_differs"] == int(np.sum(c[:, 0] != c[:, 1]))
         assert entry["pairwise"]["n_mixed"] == int(np.sum(y[:, 0] != y[:, 1]))
-        got = entry["pairwise"]["metrics"]
-        for key, value in (("auc_c", metrics.auc_c(p_q1, c[:, 0], c[:, 1])),
-                           ("auc_a", metrics.auc_a(p_q1, y[:, 0], y[:, 1]))):
-            value = float(value)
-            assert (got[key]["estimate"] is None) == np.isnan(value)
-            if not np.isnan(value):
-                assert got[key]["estimate"] == pytest.approx(value, abs=1e-6)
+        for block, p in (("pairwise_raw", p_q1), ("pairwise", p_tilde)):  # raw: one order; primary: debiased
+            got = entry[block]["metrics"]
+            for key, value in (("auc_c", metrics.auc_c(p, c[:, 0], c[:, 1])),
+                               ("auc_a", metrics.auc_a(p, y[:, 0], y[:, 1]))):
+                value = float(value)
+                assert (got[key]["estimate"] is None) == np.isnan(value)
+                if not np.isnan(value):
+                    assert got[key]["estimate"] == pytest.approx(value, abs=1e-6)
+        rate = np.mean(np.concatenate([p_q1 > 0.5, p_swapped > 0.5]))
+        assert entry["pairwise"]["metrics"]["q1_choice_rate"]["estimate"] == pytest.approx(rate)
         for p in pairs:
             higher = None if p["consistency"][0] == p["consistency"][1] else (
                 "Q1" if p["consistency"][0] > p["consistency"][1] else "Q2")

@@ -72,3 +72,32 @@ def test_training_pairs_scope_and_bad_options():
         pairs.training_pairs(single, questions, n_pairs=1, scope="domain", label_by="bins", seed=0, split="train")
     with pytest.raises(ValueError, match="pair scope"):
         pairs.training_pairs(single, questions, n_pairs=1, scope="world", label_by="target", seed=0, split="train")
+
+
+def test_both_orders_mirror_each_pair_with_the_label_flipped():
+    single = [_single(i) for i in range(20)]
+    questions = {f"q{i:02d}": _question(i) for i in range(20)}
+    kw = dict(n_pairs=2, scope="domain", label_by="consistency", seed=0, split="train")
+    once, stats_once = pairs.training_pairs(single, questions, **kw)
+    both, stats_both = pairs.training_pairs(single, questions, orders="both", **kw)
+    assert stats_both == stats_once and len(both) == 2 * len(once)
+    assert both[0::2] == once  # the first of each two is the seeded random order, as before
+    by_id = {r["question_id"]: r for r in single}
+    for shown, mirror in zip(both[0::2], both[1::2]):  # the two orders are adjacent
+        assert (mirror["q1"], mirror["q2"]) == (shown["q2"], shown["q1"])
+        assert {shown["choice"], mirror["choice"]} == {"Q1", "Q2"}
+        for name in pairs.POSITION_FIELDS:
+            assert mirror[name] == shown[name][::-1], name
+        assert mirror["split"] == shown["split"] == "train"
+        assert pairs.swap_order(mirror) == shown
+    for p in both:  # every record, mirrored or not, labels the question with the higher consistency
+        a, b = by_id[p["q1"]], by_id[p["q2"]]
+        assert p["choice"] == ("Q1" if a["consistency"] > b["consistency"] else "Q2")
+        assert p["consistency"] == [a["consistency"], b["consistency"]] and p["bins"] == [a["bin"], b["bin"]]
+        assert p["answers"] == [a["answer"], b["answer"]] and p["correct"] == [a["modal_correct"], b["modal_correct"]]
+    assert sum(p["choice"] == "Q1" for p in both) * 2 == len(both)  # position says nothing about the label
+    # each ordered pair once, each unordered pair in exactly its two orders
+    assert len({(p["q1"], p["q2"]) for p in both}) == len(both)
+    assert len({frozenset((p["q1"], p["q2"])) for p in both}) == len(once)
+    with pytest.raises(ValueError, match="pair orders"):
+        pairs.training_pairs(single, questions, orders="mirror", **kw)

@@ -19,7 +19,7 @@ def ci(estimate, low=None, high=None):
 
 def dataset_entry(role, acc, ece, auroc, auc_c, auc_a):
     return {"role": role, "n": 4,
-            "single": {"n": 4, "metrics": {"accuracy": ci(acc), "ece": ci(ece), "auroc": ci(auroc),
+            "single": {"n": 4, "n_correct": 2, "n_wrong": 2, "metrics": {"accuracy": ci(acc), "ece": ci(ece), "auroc": ci(auroc),
                                            "brier": ci(0.2), "ace": ci(0.1), "aurc": ci(0.3),
                                            "mean_confidence": ci(0.6)}},
             "pairwise": {"n": 6, "n_consistency_differs": 5, "n_mixed": 3,
@@ -29,15 +29,16 @@ def dataset_entry(role, acc, ece, auroc, auc_c, auc_a):
 
 
 ITEMS = [(0.95, True), (0.9, True), (0.85, False), (0.3, False)]
+ITEMS_S = [(0.9, True), (0.7, True), (0.4, False), (0.2, True)]  # S: other confidences and answers
 
 
-def write_run(root, name, datasets, ece_definition=metrics.ECE_DEFINITION):
+def write_run(root, name, datasets, ece_definition=metrics.ECE_DEFINITION, items=ITEMS):
     eval_dir = root / name / "eval"
     eval_dir.mkdir(parents=True)
     m = {"ece_definition": ece_definition, "scale": "0-1", "datasets": datasets}
     (eval_dir / "metrics.json").write_text(json.dumps(m))
     for ds in datasets:
-        rows = [{"task": "single", "id": f"{ds}/{i}", "expected": c, "correct": y} for i, (c, y) in enumerate(ITEMS)]
+        rows = [{"task": "single", "id": f"{ds}/{i}", "expected": c, "correct": y} for i, (c, y) in enumerate(items)]
         rows.append({"task": "pairwise", "ids": [f"{ds}/0", f"{ds}/1"], "p_q1": 0.7})
         (eval_dir / f"{ds}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / name
@@ -52,7 +53,7 @@ def runs(tmp_path):
     single = write_run(tmp_path, "single", {
         "gsm8k": dataset_entry("in_domain", 0.41, 0.10, 0.70, 0.56, 0.51),
         "mmlu": dataset_entry("in_domain", 0.50, 0.06, 0.74, 0.49, 0.52),
-        "medqa": dataset_entry("out_of_domain", 0.29, 0.15, 0.58, 0.50, 0.55)})
+        "medqa": dataset_entry("out_of_domain", 0.29, 0.15, 0.58, 0.50, 0.55)}, items=ITEMS_S)
     # A condition evaluated on fewer datasets, passed as its eval directory.
     pairwise = write_run(tmp_path, "pairwise", {"gsm8k": dataset_entry("in_domain", 0.40, 0.29, 0.61, 0.70, 0.66)})
     return {"base": base, "S": single, "C": pairwise / "eval"}
@@ -107,12 +108,25 @@ def test_report_tables_numbers_and_figures(runs, tmp_path):
         assert len({line.count("|") for line in table}) <= 1, block
     assert metrics.ECE_DEFINITION in md  # (e)
     s_row = next(line for line in md.splitlines() if line.startswith("| S | 0.100"))
-    assert s_row.split(" | ")[1:5] == ["0.100 [0.05, 0.15]", "0.700 [0.65, 0.75]", "0.560 [0.51, 0.61]",
-                                       "0.510 [0.46, 0.56]"]
-    assert "| S | mean in-domain | -0.170 | +0.110 |" in md
-    assert "| C | gsm8k | -0.010 | +0.010 | +0.150 | +0.140 |" in md
+    # Each AUC with the counts it rests on, flagged below MIN_COUNT (4 items, 5 and 3 usable pairs here).
+    assert s_row.split(" | ")[1:5] == ["0.100 [0.05, 0.15]", "0.700 [0.65, 0.75] (2/2) few",
+                                       "0.560 [0.51, 0.61] (5) few", "0.510 [0.46, 0.56] (3) few"]
+    assert rep["counts"]["S"]["gsm8k"] == {"ece": None, "auc": [2, 2], "auc_c": [5], "auc_a": [3]}
+    # Differences: paired (with intervals) from the single-task rows; these pairwise rows hold one
+    # presentation only, so the pairwise columns fall back to differences of the estimates.
+    (cb, yb), (cs, ys) = (np.asarray(v, float).T for v in (ITEMS, ITEMS_S))
+    d = rep["paired"]["S"]["datasets"]["gsm8k"]
+    assert d["ece"]["estimate"] == pytest.approx(float(metrics.ece(cs, ys) - metrics.ece(cb, yb)), abs=1e-6)
+    assert d["accuracy"]["estimate"] == pytest.approx(0.25)
+    assert d["ece"]["low"] <= d["ece"]["estimate"] <= d["ece"]["high"]
+    assert "auc_c" not in d
+    assert rep["accuracy"]["gsm8k"]["S"]["paired_delta"] == d["accuracy"]
+    ece_mean = rep["paired"]["S"]["mean_by_role"]["in_domain"]["ece"]
+    assert ece_mean["estimate"] == pytest.approx(d["ece"]["estimate"]) and ece_mean["n_datasets"] == 2
+    assert f"| S | gsm8k | {report.format_diff(d['ece'])} | {report.format_diff(d['auroc'])} | +0.010 | -0.010 |" in md
+    assert "| C | gsm8k | +0.000 [+0.00, +0.00] | +0.000 [+0.00, +0.00] | +0.150 | +0.140 |" in md
     assert f"]({rep['diagrams']['S']['medqa']})" in md
-    assert "| gsm8k | 0.400 [0.35, 0.45] | 0.410 [0.36, 0.46] | 0.400 [0.35, 0.45] | 0.010 |" in md
+    assert "| gsm8k | 0.400 [0.35, 0.45] | 0.410 [0.36, 0.46], Δ +0.250 [" in md
 
     text = report.format_main_table(rep)
     lines = text.splitlines()

@@ -213,3 +213,63 @@ def test_write_read_and_format_summary(tmp_path):
     no_answer = sum(summary["splits"][s]["per_domain"]["math"]["no_answer"] for s in ("train", "test"))
     assert no_answer == 1
     assert summary["splits"]["train"]["samples"] + summary["splits"]["test"]["samples"] == 80
+
+
+def test_pair_orders_both_doubles_pairs_and_balances_q1_exactly():
+    rng = random.Random(7)
+    samples, questions = make([(f"{i}", rng.choice(["train", "test"]), rng.randrange(11) / 10, rng.random() < 0.5)
+                               for i in range(200)])
+    kw = dict(balance=False, pairs_per_question=2, seed=5)
+    single, once, summary_once = build_targets(samples, questions, **kw)
+    single_both, both, summary = build_targets(samples, questions, pair_orders="both", **kw)
+    assert single_both == single and both[0::2] == once and len(both) == 2 * len(once)
+    assert summary["pair_orders"] == "both" and summary_once["pair_orders"] == "random"
+    recs = by_id(single)
+    for split in ("train", "test"):
+        s, s_once = summary["splits"][split], summary_once["splits"][split]
+        assert s["q1_share"] == 0.5  # exactly, in both splits
+        assert s["pairwise"] == 2 * s_once["pairwise"] == 2 * s["distinct_pairs"]
+        assert s_once["distinct_pairs"] == s_once["pairwise"]
+    for p in both:  # the mirrored records carry the flipped label and swapped lists
+        r1, r2 = recs[p["q1"]], recs[p["q2"]]
+        assert p["choice"] == ("Q1" if r1["consistency"] > r2["consistency"] else "Q2")
+        assert p["targets"] == [r1["target"], r2["target"]] and p["domains"] == [r1["domain"], r2["domain"]]
+    assert "2 orders" in format_summary(summary) and "pair_orders=both" in format_summary(summary)
+    with pytest.raises(TargetError, match="pair_orders"):
+        build_targets(samples, questions, pair_orders="twice")
+
+
+def test_pair_label_bin_accuracy_is_target_in_binned_mode_only():
+    rng = random.Random(2)
+    samples, questions = make([(f"{i}", "train", rng.randrange(11) / 10, rng.random() < 0.5) for i in range(120)])
+    kw = dict(balance=False, pairs_per_question=2)
+    by_target = build_targets(samples, questions, pair_label="target", **kw)
+    by_bin_acc = build_targets(samples, questions, pair_label="bin_accuracy", **kw)
+    assert by_bin_acc[:2] == by_target[:2]
+    assert by_bin_acc[2]["pair_label"] == "bin_accuracy" and by_bin_acc[2]["pair_label_by"] == "target"
+    recs = by_id(by_bin_acc[0])
+    for p in by_bin_acc[1]:
+        r1, r2 = recs[p["q1"]], recs[p["q2"]]
+        assert p["choice"] == ("Q1" if r1["bin_accuracy"] > r2["bin_accuracy"] else "Q2")
+    with pytest.raises(TargetError, match="pair_label 'bin_accuracy' needs mode 'binned_accuracy'"):
+        build_targets(samples, questions, mode="consistency", pair_label="bin_accuracy")
+    with pytest.raises(TargetError, match="domain_caps"):
+        build_targets(samples, questions, domain_caps={"math": -1})
+
+
+def test_config_defaults_give_the_same_targets_as_build_targets_defaults():
+    """Every targets option of default_config(), passed explicitly, changes nothing (behaviour at defaults)."""
+    from metacog_jax.experiment_config import default_config, domain_values
+
+    t = default_config().targets
+    explicit = dict(n_bins=t.n_bins, jitter=t.jitter, mode=t.mode, balance=t.balance,
+                    balance_factor=t.balance_factor, max_per_bin=t.max_per_bin or None,
+                    pairs_per_question=t.pairs_per_question, pair_scope=t.pair_scope, pair_label=t.pair_label,
+                    per_domain_bins=t.per_domain_bins, domain_weights=domain_values(t.domain_weights, "w"),
+                    domain_caps=domain_values(t.domain_caps, "c", int), pair_orders=t.pair_orders)
+    rng = random.Random(4)
+    a, qa = make([(f"{i}", rng.choice(["train", "test"]), rng.randrange(11) / 10, rng.random() < 0.5)
+                  for i in range(150)], domain="math")
+    b, qb = make([(f"{i}", rng.choice(["train", "test"]), rng.randrange(11) / 10, rng.random() < 0.7)
+                  for i in range(90)], domain="trivia")
+    assert build_targets(a + b, {**qa, **qb}, **explicit) == build_targets(a + b, {**qa, **qb})

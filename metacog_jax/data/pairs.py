@@ -6,11 +6,15 @@ Training pairs (:func:`training_pairs`)
     domains); the label is the question with the higher consistency (``label_by="consistency"``,
     matching AUC_c; never tied since the bins differ) or with the higher un-jittered target
     (``label_by="target"``; partners with an equal target are not drawn). Each question draws
-    ``n_pairs`` partners; an unordered pair is never repeated.
+    ``n_pairs`` partners; an unordered pair is never drawn twice.
 
-Order (:func:`order_pair`)
+Order (:func:`order_pair`, :func:`swap_order`)
     Which question is shown first is a seeded coin per (seed, pair key), so about half of the pairs
-    have the answer "Q1" and a position bias cannot pass for skill.
+    have the answer "Q1" and a position bias cannot pass for skill (``orders="random"``, the default).
+    With ``orders="both"`` (METHOD.md, "Position bias", training side) every pair is emitted twice,
+    the coin's order followed directly by its mirror (:func:`swap_order`: q1/q2 and every per-position
+    list swapped, the choice flipped), so exactly half the records answer "Q1" and the position carries
+    no information about the label.
 
 Evaluation pairs (:func:`evaluation_pairs`)
     Distinct unordered pairs of a test set's items, drawn uniformly and reproducibly; the eval stage
@@ -31,6 +35,10 @@ CHOICE_LABELS = ("Q1", "Q2")
 LABEL_SOURCES = ("consistency", "target")
 # Where training partners are drawn from.
 SCOPES = ("domain", "all")
+# How training pairs are shown: one seeded random order, or both orders (the second mirrored).
+ORDERS = ("random", "both")
+# The per-position lists of a pair record, in shown order (swapped together with q1/q2).
+POSITION_FIELDS = ("domains", "answers", "targets", "consistency", "correct", "bins")
 NO_PAIRS_STATS = {"unpaired": 0, "duplicates_skipped": 0}
 
 
@@ -46,8 +54,19 @@ def order_pair(q_a: Question, q_b: Question, a_is_better: bool, seed: int, key: 
     return q_b, q_a, "Q2" if a_is_better else "Q1"
 
 
+def swap_order(record: Mapping) -> dict:
+    """The same pair shown the other way round: q1/q2 and every per-position list swapped, choice flipped."""
+    out = dict(record)
+    out["q1"], out["q2"] = record["q2"], record["q1"]
+    out["choice"] = CHOICE_LABELS[1 - CHOICE_LABELS.index(record["choice"])]
+    for name in POSITION_FIELDS:
+        first, second = record[name]
+        out[name] = [second, first]
+    return out
+
+
 def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_pairs: int, scope: str,
-                   label_by: str, seed: int, split: str) -> tuple[list[dict], dict[str, int]]:
+                   label_by: str, seed: int, split: str, orders: str = "random") -> tuple[list[dict], dict[str, int]]:
     """Pairs across different consistency bins from single-question target records.
 
     Args:
@@ -59,6 +78,8 @@ def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_p
       label_by: "consistency" or "target" (see the module docstring).
       seed: seeds partner draws and the shown order.
       split: written into every pair record.
+      orders: "random" (one seeded order per pair) or "both" (each pair followed by its mirror,
+        :func:`swap_order`; the record count doubles and exactly half the choices are "Q1").
 
     Returns:
       (pair records, counts of questions without a partner / draws skipped as duplicates). A record:
@@ -69,6 +90,8 @@ def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_p
         raise ValueError(f"pair label must be one of {LABEL_SOURCES}, got {label_by!r}")
     if scope not in SCOPES:
         raise ValueError(f"pair scope must be one of {SCOPES}, got {scope!r}")
+    if orders not in ORDERS:
+        raise ValueError(f"pair orders must be one of {ORDERS}, got {orders!r}")
     groups: dict[str, list[dict]] = collections.defaultdict(list)
     for r in single:
         groups[r["domain"] if scope == "domain" else "all"].append(r)
@@ -101,7 +124,7 @@ def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_p
                 q1, q2, choice = order_pair(questions[a["question_id"]], questions[b["question_id"]],
                                             a[field] > b[field], seed, f"{key[0]}|{key[1]}")
                 r1, r2 = (a, b) if q1.id == a["question_id"] else (b, a)
-                out.append({
+                record = {
                     "q1": q1.id, "q2": q2.id, "choice": choice, "split": split,
                     "domains": [r1["domain"], r2["domain"]],
                     "answers": [r1["answer"], r2["answer"]],
@@ -109,7 +132,10 @@ def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_p
                     "consistency": [r1["consistency"], r2["consistency"]],
                     "correct": [r1["modal_correct"], r2["modal_correct"]],
                     "bins": [r1["bin"], r2["bin"]],
-                })
+                }
+                out.append(record)
+                if orders == "both":  # the mirror right after: the two orders stay together
+                    out.append(swap_order(record))
     return out, stats
 
 

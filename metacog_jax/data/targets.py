@@ -35,7 +35,11 @@ Domain mixing (train only)
 Pairs
     Built by ``pairs.training_pairs`` from the kept single records: two questions from different
     consistency bins, labelled by consistency or by target (``pair_label``), shown in a seeded random
-    order. Pairs are built for train (training) and test (evaluation) separately.
+    order (``pair_orders="random"``) or in both orders, each pair followed by its mirror with the label
+    flipped (``pair_orders="both"``). Pairs are built for train (training) and test (evaluation)
+    separately. ``pair_label="bin_accuracy"`` is another name for ``"target"`` that is only valid in mode
+    "binned_accuracy", where the un-jittered target is the bin accuracy. Whatever trains the pairs, the
+    evaluation's AUC_c keeps METHOD's reference: the higher raw consistency.
 
 Nothing is dropped silently: the summary counts, per split and domain, questions excluded by the domain
 filter, balanced out, cut by domain weights or caps, questions without a parseable answer, and
@@ -62,6 +66,9 @@ from metacog_jax.data import records, splits
 from metacog_jax.data.records import Question
 
 MODES = ("binned_accuracy", "consistency", "correctness")
+# pair_label values: the pairs.LABEL_SOURCES plus aliases (alias -> (label source, the mode it needs)).
+PAIR_LABEL_ALIASES = {"bin_accuracy": ("target", "binned_accuracy")}
+PAIR_LABELS = (*pairs_lib.LABEL_SOURCES, *PAIR_LABEL_ALIASES)
 POOLED = "*"  # bin-table key of the fit over all train questions
 _REQUIRED = ("id", "domain", "split", "consistency", "modal_correct", "modal_answer")
 
@@ -218,7 +225,8 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
                   pair_scope: str = "domain", pair_label: str = "consistency", per_domain_bins: bool = True,
                   seed: int = 0, domains: Sequence[str] | None = None,
                   domain_weights: Mapping[str, float] | None = None,
-                  domain_caps: Mapping[str, int] | None = None) -> tuple[list[dict], list[dict], dict]:
+                  domain_caps: Mapping[str, int] | None = None,
+                  pair_orders: str = "random") -> tuple[list[dict], list[dict], dict]:
     """Builds single-question and pairwise target records for the train and test splits.
 
     Args:
@@ -232,19 +240,23 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
       max_per_bin: explicit cap per target bin (per domain).
       pairs_per_question: partners drawn per question (each draw makes one pair).
       pair_scope: ``"domain"`` pairs within a domain, ``"all"`` across domains.
-      pair_label: ``"consistency"`` or ``"target"`` (see module docstring).
+      pair_label: ``"consistency"``, ``"target"`` or ``"bin_accuracy"`` (= ``"target"``, mode
+        "binned_accuracy" only; see module docstring).
       per_domain_bins: fit consistency bins per domain (else one fit over all train questions).
       seed: seeds jitter, balancing, domain subsampling, partner draws and presentation order.
       domains: use only these domains (None: all in ``samples``).
       domain_weights: relative train shares per domain (None: keep all).
       domain_caps: maximum train questions per domain.
+      pair_orders: ``"random"`` (one seeded order per pair) or ``"both"`` (each pair also in the other
+        order, label flipped, right after it; see ``pairs.swap_order``).
 
     Returns:
       ``(single, pairwise, summary)``. Single records: ``question_id, domain, split, answer (modal
       normalized answer or None), target, target_raw (before jitter), consistency, modal_correct, bin,
       bin_accuracy, bin_fit (the bin table's key)``. Pairwise records: ``q1, q2 (ids in shown order),
-      choice ("Q1"/"Q2"), split, domains, answers, targets, consistency, correct, bins``. The summary is
-      JSON-serializable; see :func:`format_summary`.
+      choice ("Q1"/"Q2"), split, domains, answers, targets, consistency, correct, bins``; with
+      ``pair_orders="both"`` a pair's two orders are adjacent. The summary is JSON-serializable; see
+      :func:`format_summary`.
 
     Raises:
       TargetError: malformed samples, unknown ids, bad options, or no train questions to fit bins in mode
@@ -252,15 +264,25 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
     """
     if mode not in MODES:
         raise TargetError(f"mode must be one of {MODES}, got {mode!r}")
-    if pair_label not in pairs_lib.LABEL_SOURCES:
-        raise TargetError(f"pair_label must be one of {pairs_lib.LABEL_SOURCES}, got {pair_label!r}")
+    if pair_label not in PAIR_LABELS:
+        raise TargetError(f"pair_label must be one of {PAIR_LABELS}, got {pair_label!r}")
+    label_by = pair_label
+    if pair_label in PAIR_LABEL_ALIASES:
+        label_by, needs_mode = PAIR_LABEL_ALIASES[pair_label]
+        if mode != needs_mode:
+            raise TargetError(f"pair_label {pair_label!r} needs mode {needs_mode!r} (the target is the bin "
+                              f"accuracy only there), got mode {mode!r}; use pair_label 'target'")
     if pair_scope not in pairs_lib.SCOPES:
         raise TargetError(f"pair_scope must be 'domain' or 'all', got {pair_scope!r}")
+    if pair_orders not in pairs_lib.ORDERS:
+        raise TargetError(f"pair_orders must be one of {pairs_lib.ORDERS}, got {pair_orders!r}")
     if not 0.0 <= jitter < 0.5 or n_bins < 1 or pairs_per_question < 0 or balance_factor <= 0:
         raise TargetError(f"need 0 <= jitter < 0.5, n_bins >= 1, pairs_per_question >= 0, balance_factor > 0; got "
                           f"{jitter}, {n_bins}, {pairs_per_question}, {balance_factor}")
     if max_per_bin is not None and max_per_bin < 1:
         raise TargetError(f"max_per_bin must be >= 1, got {max_per_bin}")
+    if domain_caps is not None and any(isinstance(v, bool) or int(v) != v or v < 0 for v in domain_caps.values()):
+        raise TargetError(f"domain_caps must be whole numbers >= 0, got {dict(domain_caps)}")
     items = _validated(samples, questions)
 
     excluded: dict[str, int] = collections.Counter()
@@ -308,6 +330,7 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
         "mode": mode, "n_bins": n_bins, "jitter": jitter, "seed": seed, "per_domain_bins": per_domain_bins,
         "balance": {"enabled": balance, "factor": balance_factor, "max_per_bin": max_per_bin, "caps": {}},
         "pairs_per_question": pairs_per_question, "pair_scope": pair_scope, "pair_label": pair_label,
+        "pair_label_by": label_by, "pair_orders": pair_orders,
         "domain_weights": dict(domain_weights) if domain_weights else None,
         "domain_caps": dict(domain_caps) if domain_caps else None,
         "excluded_by_domain_filter": dict(excluded),
@@ -338,13 +361,15 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
         for d in per_domain:
             per_domain[d]["single"] = len(by_domain[d])
         pairs, pair_stats = (pairs_lib.training_pairs(kept, questions, n_pairs=pairs_per_question, scope=pair_scope,
-                                                      label_by=pair_label, seed=seed, split=split)
+                                                      label_by=label_by, seed=seed, split=split,
+                                                      orders=pair_orders)
                              if pairs_per_question > 0 else ([], dict(pairs_lib.NO_PAIRS_STATS)))
         histogram = [0] * n_bins
         for r in kept:
             histogram[bin_index(r["target"], n_bins)] += 1
         summary["splits"][split] = {
             "samples": len(recs), "single": len(kept), "pairwise": len(pairs),
+            "distinct_pairs": len(pairs) // 2 if pair_orders == "both" else len(pairs),
             "target_histogram": histogram,
             "mean_target": float(np.mean([r["target"] for r in kept])) if kept else None,
             "modal_accuracy": float(np.mean([r["modal_correct"] for r in kept])) if kept else None,
@@ -418,7 +443,9 @@ def load_sampled(workdir: str | os.PathLike[str], domains: Sequence[str] | None 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Human-readable summary: target histograms, counts per split and domain, pair balance, drops."""
     lines = [f"targets: mode={summary['mode']} bins={summary['n_bins']} jitter={summary['jitter']} "
-             f"seed={summary['seed']} balance={summary['balance']['enabled']}"]
+             f"seed={summary['seed']} balance={summary['balance']['enabled']}"
+             + (f" pair_label={summary['pair_label']} pair_scope={summary['pair_scope']} "
+                f"pair_orders={summary['pair_orders']}" if "pair_orders" in summary else "")]
     excluded = summary.get("excluded_by_domain_filter") or {}
     if excluded:
         lines.append("  excluded by domain filter: " + ", ".join(f"{d}={n}" for d, n in sorted(excluded.items())))
@@ -429,7 +456,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"      accuracy {acc}")
     n_bins = summary["n_bins"]
     for split, s in summary["splits"].items():
+        both = summary.get("pair_orders") == "both"
         lines.append(f"[{split}] samples {s['samples']} -> single {s['single']}, pairwise {s['pairwise']}"
+                     + (f" ({s['distinct_pairs']} pairs x 2 orders)" if both else "")
                      + (f", Q1 share {s['q1_share']:.3f}" if s["q1_share"] is not None else "")
                      + f", unpaired {s['unpaired']}, duplicate pairs skipped {s['duplicates_skipped']}")
         hist = s["target_histogram"]

@@ -1,6 +1,6 @@
 """Percentile bootstrap intervals for the metrics, vectorized with ``jax.vmap``.
 
-Two resampling schemes:
+Three resampling schemes:
 
 * :func:`bootstrap_ci` / :func:`bootstrap_cis`: resample the N examples with
   replacement; each resample is an index array drawn with ``jax.random`` and
@@ -11,6 +11,12 @@ Two resampling schemes:
   (counts) to a statistic, which weights every rating by
   ``count[participant] * count[item]``; this is the same as keeping every
   rating whose participant and item were drawn, with multiplicity.
+* :func:`bootstrap_clustered`: resample clusters (test questions) with
+  replacement and pass their multiplicities to a statistic. Pairwise metrics
+  weight each pair by ``count[a] * count[b]`` (pairs share questions, so the
+  question is the unit: every pair whose two questions were drawn is kept,
+  with multiplicity), and differences between conditions evaluated on the
+  same counts are paired (the same questions in both).
 
 Resamples where a statistic is undefined (NaN, e.g. AUROC of a resample with
 a single class) are dropped from the percentiles (``np.nanpercentile``); the
@@ -83,6 +89,73 @@ def _two_way_bootstrap(
         return stat_fn(row_counts, col_counts, *operands)
 
     return _point_and_resamples(one, key, n_resamples, batch_size)
+
+
+def _cluster_counts(k: jax.Array, is_point: jax.Array, n_clusters: int) -> jax.Array:
+    """Multiplicities [n_clusters] of one resample of clusters drawn with replacement (all ones for the point)."""
+    idx = jax.random.randint(k, (n_clusters,), 0, n_clusters)
+    return jnp.where(is_point, 1.0, jnp.bincount(idx, length=n_clusters).astype(float))
+
+
+@functools.partial(jax.jit, static_argnames=("stat_fn", "n_clusters", "n_resamples", "batch_size"))
+def _clustered_bootstrap(
+    stat_fn: Callable[..., Any], operands: tuple[Any, ...], key: jax.Array,
+    n_clusters: int, n_resamples: int, batch_size: int | None,
+) -> Any:
+    def one(k: jax.Array, is_point: jax.Array) -> Any:
+        return stat_fn(_cluster_counts(k, is_point, n_clusters), *operands)
+
+    return _point_and_resamples(one, key, n_resamples, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "n_resamples"))
+def _resample_counts(key: jax.Array, n_clusters: int, n_resamples: int) -> jax.Array:
+    keys = jax.random.split(key, n_resamples)
+    return jax.vmap(lambda k: _cluster_counts(k, jnp.asarray(False), n_clusters))(keys)
+
+
+def resample_counts(n_clusters: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """The multiplicities [n_resamples, n_clusters] that :func:`bootstrap_clustered` uses for `seed`.
+
+    For checking a statistic against a slow reference that materializes each resample."""
+    return np.asarray(_resample_counts(jax.random.key(seed), n_clusters, n_resamples))
+
+
+def point_and_clustered_samples(
+    stat_fn: Callable[..., Any], n_clusters: int, operands: tuple[Any, ...] = (), n_resamples: int = 1000,
+    seed: int = 0, batch_size: int | None = None,
+) -> tuple[Any, Any]:
+    """``stat_fn(counts, *operands)`` with all-ones counts and on ``n_resamples`` cluster resamples.
+
+    Args:
+      stat_fn: jax-traceable and hashable; ``counts`` is a float array [n_clusters] of multiplicities.
+      n_clusters: number of clusters (e.g. test questions).
+      operands: arrays (pytrees) passed through.
+      n_resamples, seed, batch_size: as in :func:`point_and_bootstrap_samples`.
+
+    Returns:
+      ``(point, samples)`` as NumPy, samples with a leading ``(n_resamples,)`` axis; resample ``i`` uses
+      the counts ``resample_counts(n_clusters, n_resamples, seed)[i]``.
+    """
+    if n_clusters < 1:
+        raise ValueError(f"clustered bootstrap needs n_clusters >= 1, got {n_clusters}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    out = _clustered_bootstrap(stat_fn, tuple(operands), jax.random.key(seed), n_clusters, n_resamples,
+                               batch_size)
+    return _split_point(out)
+
+
+def bootstrap_clustered(
+    stat_fn: Callable[..., Mapping[str, Any]], n_clusters: int, operands: tuple[Any, ...] = (),
+    n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05, batch_size: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Cluster bootstrap intervals of a dict-valued statistic (see :func:`point_and_clustered_samples`).
+
+    Returns ``{name: {"estimate", "low", "high", "n_undefined_resamples"}}``; all entries share resamples.
+    """
+    return intervals_from_samples(*point_and_clustered_samples(stat_fn, n_clusters, operands, n_resamples, seed,
+                                                               batch_size), alpha)
 
 
 def _split_point(out: Any) -> tuple[Any, Any]:
@@ -179,9 +252,10 @@ def bootstrap_ci(
     return float(point), low, high
 
 
-def _intervals(
-    point: Mapping[str, Any], samples: Mapping[str, Any], alpha: float
+def intervals_from_samples(
+    point: Mapping[str, Any], samples: Mapping[str, Any], alpha: float = 0.05
 ) -> dict[str, dict[str, float]]:
+    """``{name: {"estimate", "low", "high", "n_undefined_resamples"}}`` from a point and its resamples."""
     out = {}
     for name, value in point.items():
         s = np.asarray(samples[name], dtype=np.float64)
@@ -210,7 +284,7 @@ def bootstrap_cis(
     "n_undefined_resamples"}}``.
     """
     point, samples = point_and_bootstrap_samples(metric_fn, arrays, n_resamples, seed, batch_size)
-    return _intervals(point, samples, alpha)
+    return intervals_from_samples(point, samples, alpha)
 
 
 def bootstrap_two_way(
@@ -247,4 +321,4 @@ def bootstrap_two_way(
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     out = _two_way_bootstrap(stat_fn, tuple(operands), jax.random.key(seed), n_rows, n_cols, n_resamples,
                              batch_size)
-    return _intervals(*_split_point(out), alpha)
+    return intervals_from_samples(*_split_point(out), alpha)

@@ -3,13 +3,19 @@
 For each dataset (normally a test split):
   * single task: each question with the model's greedy answer (from its sample record) is scored for its
     confidence distribution (scoring.score_single); confidence = expected value sum_k p_k v_k. Metrics:
-    accuracy, mean confidence, ECE, ACE, Brier, AUROC, AURC, against greedy correctness.
-  * pairwise task: seeded random pairs of its questions, shown in a random Q1/Q2 order
-    (pairs.order_pair), are scored for p_q1 = P("Q1") renormalized over {Q1, Q2}. Metrics: AUC_c over
-    pairs whose self-consistencies differ, AUC_a over pairs with exactly one correct greedy answer (each
-    also as a threshold-free AUROC), and the Q1 choice rate (position bias).
-Every metric carries a 95% percentile-bootstrap interval; the resampling unit is the item (single) or
-the pair (pairwise).
+    accuracy, mean confidence, ECE, ACE, Brier, AUROC, AURC, against greedy correctness, with the counts
+    of correct and wrong answers (an AUROC over few of either says little).
+  * pairwise task: seeded random pairs of its questions (pairs.evaluation_pairs), each scored in BOTH
+    orders for P("Q1") renormalized over {Q1, Q2}. The primary readout is the debiased preference for the
+    first-listed question A over B, p~ = 1/2 [P(Q1 | A, B) + 1 - P(Q1 | B, A)] (METHOD.md, position
+    bias): AUC_c over pairs whose self-consistencies differ and AUC_a over pairs with exactly one correct
+    greedy answer, each as a choice rate (A when p~ > 1/2) and threshold-free (AUROC of p~, both
+    directions), plus a Bradley-Terry fit of p~ that gives each question a score (its AUROC against
+    correctness and rank correlation with consistency). The raw readout of one seeded random order
+    (`pairwise_raw`, what a single presentation gives) and the first-position choice rate over both
+    orders (`q1_choice_rate`, 0.5 = no position bias) are kept as diagnostics.
+Intervals are 95% percentile bootstrap intervals: resampling items for the single task and questions
+(clusters) for the pairwise task, where a pair counts count[A] * count[B] times (pairs share questions).
 
 Files (written atomically, metrics.json last, so its presence means the stage finished):
   out_dir/<dataset>.jsonl  one line per item ("task": "single") and per pair ("task": "pairwise");
@@ -43,6 +49,8 @@ from metacog_jax.evaluation import bootstrap, metrics, scoring
 log = logging.getLogger(__name__)
 
 ROLES = ("in_domain", "out_of_domain")
+# Bumped when what an eval writes changes, so a resumed run re-scores instead of reusing old files.
+EVAL_LAYOUT = 2
 
 
 # -- metric bundles (module-level so the bootstrap's compiled function is reused) ----------------------
@@ -67,6 +75,55 @@ def pairwise_metric_fn(p_q1, consistency_q1, consistency_q2, correct_q1, correct
         "auc_a": metrics.auc_a(p_q1, correct_q1, correct_q2),
         "auc_a_auroc": metrics.auc_a(p_q1, correct_q1, correct_q2, mode="auroc"),
         "q1_choice_rate": jnp.mean((jnp.asarray(p_q1) > 0.5).astype(float)),
+    }
+
+
+def debiased_preference(p_q1_ab, p_q1_ba):
+    """p~(A over B) = 1/2 [P(Q1 | A, B) + 1 - P(Q1 | B, A)] from the two presentations of a pair.
+
+    Under an additive position bias in log-odds the bias enters both terms with opposite signs, so the
+    sign of p~ - 1/2 is bias-free (METHOD.md)."""
+    return 0.5 * (p_q1_ab + 1.0 - p_q1_ba)  # NumPy in, NumPy out (float64 rows); traced in the statistics
+
+
+def _both_directions(p, first, second, w):
+    """Each pair once as (A, B) with score p and once as (B, A) with score 1 - p: a threshold-free AUROC
+    over pairs whose listed order carries no label information."""
+    return (jnp.concatenate([p, 1.0 - p]), jnp.concatenate([first, second]), jnp.concatenate([second, first]),
+            jnp.concatenate([w, w]))
+
+
+def pairwise_cluster_stat(counts, item_a, item_b, p_q1_ab, p_q1_ba, consistency, correct):
+    """Debiased pairwise metrics under question multiplicities `counts` [N] (jax-traceable).
+
+    item_a, item_b: int [P] question indices as listed (A first); p_q1_ab, p_q1_ba: P("Q1") with A shown
+    first and with B shown first; consistency, correct: [N] per question. A pair weighs counts[A] *
+    counts[B]."""
+    w = counts[item_a] * counts[item_b]
+    p = debiased_preference(p_q1_ab, p_q1_ba)
+    ca, cb, ya, yb = consistency[item_a], consistency[item_b], correct[item_a], correct[item_b]
+    return {
+        "auc_c": metrics.auc_c(p, ca, cb, weights=w),
+        "auc_c_auroc": metrics.auc_c(*_both_directions(p, ca, cb, w), mode="auroc"),
+        "auc_a": metrics.auc_a(p, ya, yb, weights=w),
+        "auc_a_auroc": metrics.auc_a(*_both_directions(p, ya, yb, w), mode="auroc"),
+        # Share of all 2P presentations answered "Q1": the position bias the debiasing removes.
+        "q1_choice_rate": metrics._safe_ratio(
+            jnp.sum(w * ((jnp.asarray(p_q1_ab) > 0.5).astype(float) + (jnp.asarray(p_q1_ba) > 0.5))),
+            2.0 * jnp.sum(w)),
+    }
+
+
+def raw_pairwise_cluster_stat(counts, item_q1, item_q2, p_q1, consistency, correct):
+    """The single-presentation readout (Q1/Q2 in a seeded random order) under question multiplicities."""
+    w = counts[item_q1] * counts[item_q2]
+    c1, c2, y1, y2 = consistency[item_q1], consistency[item_q2], correct[item_q1], correct[item_q2]
+    return {
+        "auc_c": metrics.auc_c(p_q1, c1, c2, weights=w),
+        "auc_c_auroc": metrics.auc_c(p_q1, c1, c2, weights=w, mode="auroc"),
+        "auc_a": metrics.auc_a(p_q1, y1, y2, weights=w),
+        "auc_a_auroc": metrics.auc_a(p_q1, y1, y2, weights=w, mode="auroc"),
+        "q1_choice_rate": metrics._safe_ratio(jnp.sum(w * (jnp.asarray(p_q1) > 0.5)), jnp.sum(w)),
     }
 
 
@@ -185,12 +242,13 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         "scale": scale.name, "labels": list(scale.labels), "values": list(scale.values),
         "label_tokens": [list(t) for t in label_set.token_ids], "label_terminator": label_set.terminator,
         "pair_labels": list(pairs_lib.CHOICE_LABELS), "seed": seed, "n_resamples": n_resamples,
-        "interval": "95% percentile bootstrap (items for single, pairs for pairwise)",
+        "interval": "95% percentile bootstrap (items for single, questions for pairwise: a pair counts "
+                    "count[A] * count[B] times)",
         "datasets": {},
     }
     for name, (role, questions, items) in prepared.items():
         fingerprint = _fingerprint(questions, items, scale, n_pairs=n_pairs, seed=seed, n_resamples=n_resamples,
-                                   verbalized=verbalized, tag=tag)
+                                   verbalized=verbalized, tag=tag, layout=EVAL_LAYOUT)
         done_path = out_dir / f"{name}.metrics.json"
         if resume and done_path.is_file() and (out_dir / f"{name}.jsonl").is_file():
             done = json.loads(done_path.read_text(encoding="utf-8"))
@@ -235,8 +293,9 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
     entry: dict[str, Any] = {
         "role": role, "n": len(questions),
         "splits": {s: sum(q.split == s for q in questions) for s in sorted({q.split for q in questions})},
-        "single": {"n": len(questions), "metrics": _with_intervals(single_metric_fn, (conf, correct), n_resamples,
-                                                                   seed)},
+        "single": {"n": len(questions), "n_correct": int(correct.sum()), "n_wrong": int(len(correct) - correct.sum()),
+                   "mean_label_mass": float(np.mean([s["label_mass"] for s in scored])),
+                   "metrics": _with_intervals(single_metric_fn, (conf, correct), n_resamples, seed)},
         "single_argmax": {"n": len(questions),
                           "metrics": _with_intervals(single_metric_fn, (argmax_conf, correct), n_resamples, seed)},
     }
@@ -247,33 +306,47 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
                      "expected": s["expected"], "argmax_label": s["argmax_label"], "argmax_value": s["argmax_value"],
                      "label_mass": s["label_mass"], "distribution": s["distribution"]})
 
-    # Pairwise: random pairs, random display order (position bias), p_q1 read at the choice slot.
+    # Pairwise: random pairs, each scored in both orders; the listed order (A, B) is a seeded coin, which
+    # is also the single presentation the raw readout uses.
     index_pairs = pairs_lib.evaluation_pairs(len(questions), n_pairs, seed)
     shown = []
     for a, b in index_pairs:
-        q1, q2, _ = pairs_lib.order_pair(questions[a], questions[b], True, seed, f"{questions[a].id}|{questions[b].id}")
+        q1, _, _ = pairs_lib.order_pair(questions[a], questions[b], True, seed,
+                                        f"{questions[a].id}|{questions[b].id}")
         shown.append((a, b) if q1 is questions[a] else (b, a))
     pairs = [(questions[i], questions[j]) for i, j in shown]
     if pairs:
-        prefixes = [scoring.pairwise_prefix(tokenizer, q1, q2) for q1, q2 in pairs]
+        both = pairs + [(q2, q1) for q1, q2 in pairs]
+        prefixes = [scoring.pairwise_prefix(tokenizer, q1, q2) for q1, q2 in both]
         probs, mass = scoring.score_labels(model, tokenizer, prefixes, pair_set.token_ids, batch_size, mesh=mesh,
                                            return_mass=True, progress=progress)
-        p_q1 = probs[:, 0]
+        p_ab, p_ba = probs[:len(pairs), 0], probs[len(pairs):, 0]
+        p_tilde = np.asarray(debiased_preference(p_ab, p_ba))
         i1, i2 = np.asarray([i for i, _ in shown]), np.asarray([j for _, j in shown])
-        arrays = (p_q1, consistency[i1], consistency[i2], correct[i1], correct[i2])
-        entry["pairwise"] = {"n": len(pairs), "n_consistency_differs": int(np.sum(consistency[i1] != consistency[i2])),
-                             "n_mixed": int(np.sum(correct[i1] != correct[i2])),
-                             "metrics": _with_intervals(pairwise_metric_fn, arrays, n_resamples, seed)}
+        operands = (i1, i2, p_ab, p_ba, consistency, correct)
+        counts = dict(n=len(pairs), n_questions=len(questions),
+                      n_consistency_differs=int(np.sum(consistency[i1] != consistency[i2])),
+                      n_mixed=int(np.sum(correct[i1] != correct[i2])), mean_label_mass=float(np.mean(mass)))
+        entry["pairwise"] = dict(
+            counts, readout="debiased p~ = 1/2 [P(Q1 | A, B) + 1 - P(Q1 | B, A)]",
+            metrics=bootstrap.bootstrap_clustered(pairwise_cluster_stat, len(questions), operands,
+                                                  n_resamples, seed))
+        entry["pairwise_raw"] = dict(
+            counts, readout="P(Q1) of one presentation in a seeded random order",
+            metrics=bootstrap.bootstrap_clustered(raw_pairwise_cluster_stat, len(questions),
+                                                  (i1, i2, p_ab, consistency, correct), n_resamples, seed))
         for k, (i, j) in enumerate(shown):
             higher = None if consistency[i] == consistency[j] else ("Q1" if consistency[i] > consistency[j] else "Q2")
             rows.append({"task": "pairwise", "ids": [questions[i].id, questions[j].id],
-                         "prompt_tokens": len(prefixes[k]), "p_q1": p_q1[k], "label_mass": mass[k],
+                         "prompt_tokens": len(prefixes[k]), "p_q1": p_ab[k], "p_q1_swapped": p_ba[k],
+                         "p_tilde": p_tilde[k], "label_mass": mass[k], "label_mass_swapped": mass[len(pairs) + k],
                          "consistency": [consistency[i], consistency[j]], "correct": [bool(correct[i]),
                                                                                      bool(correct[j])],
                          "higher_consistency": higher})
     else:
-        entry["pairwise"] = {"n": 0, "n_consistency_differs": 0, "n_mixed": 0, "metrics": {},
-                             "note": "fewer than two questions: no pairs"}
+        for block in ("pairwise", "pairwise_raw"):
+            entry[block] = {"n": 0, "n_questions": len(questions), "n_consistency_differs": 0, "n_mixed": 0,
+                            "metrics": {}, "note": "fewer than two questions: no pairs"}
 
     if verbalized:
         _add_verbalized(entry, rows, sampler, questions, answers, correct, consistency, scale, shown, pairs,
