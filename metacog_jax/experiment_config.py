@@ -62,9 +62,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.ood_domains = ("comparison",)  # out-of-domain: test only
     c.data.n_train = 200  # questions per in-domain domain, train split
     c.data.n_test = 60  # questions per domain (in-domain test split and each out-of-domain set)
+    c.data.n_test_ood = 0  # questions per out-of-domain set; 0 = n_test
     c.data.test_fraction = 0.15
     c.data.procedural_levels = (1, 2, 3, 4, 5)  # difficulty levels drawn (cyclically) by procedural domains
     c.data.confidence_scale = "0-1"
+    # Choosing settings without touching test: evaluate_on="validation" evaluates on a share
+    # (validation_fraction) of the train questions carved out by hash, trains on the rest of train and
+    # loads no test question. Final runs: evaluate_on="test" (the carve then stays in train).
+    c.data.evaluate_on = "test"
+    c.data.validation_fraction = 0.2
+    # The answer prompt's instruction: a name in prompts.ANSWER_INSTRUCTIONS or a template with {hint}.
+    c.data.answer_instruction = "sentence"
 
     c.sample = ml_collections.ConfigDict()
     c.sample.k = 10
@@ -119,7 +127,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a matmul at start-up
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.n_pairs = 200
+    c.eval.n_pairs = 200  # pairs per dataset, each scored in both orders
+    c.eval.n_pairs_ood = 0  # pairs per out-of-domain dataset; 0 = n_pairs
     c.eval.batch_size = 8
     c.eval.n_resamples = 1000
     c.eval.verbalized = False
@@ -205,6 +214,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          "data.domains=arithmetic")
     if c.train.task not in TASKS:
         raise ValueError(f"config train.task={c.train.task!r}; choose one of {', '.join(TASKS)}")
+    if c.data.evaluate_on not in ("test", "validation"):
+        raise ValueError(f"config data.evaluate_on={c.data.evaluate_on!r}; choose 'test' or 'validation'")
+    if not 0.0 <= c.data.validation_fraction < 1.0 or (c.data.evaluate_on == "validation"
+                                                        and c.data.validation_fraction == 0.0):
+        raise ValueError(f"config data.validation_fraction={c.data.validation_fraction} must be in [0, 1), and "
+                         "above 0 when data.evaluate_on='validation'")
     if not 0.0 <= c.train.mix <= 1.0:
         raise ValueError(f"config train.mix={c.train.mix} must be in [0, 1]")
     if c.train.grad_accum < 1 or c.train.batch_size % c.train.grad_accum:

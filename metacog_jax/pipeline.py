@@ -25,21 +25,35 @@ log = logging.getLogger(__name__)
 
 # -- questions ------------------------------------------------------------------------------------------
 def load_domain_questions(config, data_workdir: Path) -> dict[str, list[Question]]:
-    """In-domain: n_train train + n_test test questions; out-of-domain: n_test test questions."""
+    """In-domain: n_train train + n_test test questions; out-of-domain: n_test test questions.
+
+    With ``data.evaluate_on="validation"`` (choosing settings) the evaluated questions come from the
+    validation carve of the train split (``data.validation_fraction``) and are labelled "test" for the
+    later stages; training uses the rest of train; no test question is loaded."""
+    import dataclasses
+
     from metacog_jax.data.sources import load_questions, tfds_dir_for
 
     manual = config.data.manual_dir or None
     out = {}
     d = config.data
-    kw = dict(seed=config.seed, test_fraction=d.test_fraction, levels=tuple(d.procedural_levels))
+    held_out = "validation" if d.evaluate_on == "validation" else "test"
+    v = d.validation_fraction if held_out == "validation" else 0.0
+    kw = dict(seed=config.seed, test_fraction=d.test_fraction, levels=tuple(d.procedural_levels),
+              validation_fraction=v)
     where = tfds_dir_for(config, data_workdir)
+
+    def evaluated(name: str) -> list[Question]:
+        n = d.n_test if name in d.domains or not d.n_test_ood else d.n_test_ood
+        qs = load_questions(name, manual, where, held_out, n=n, **kw)
+        return [dataclasses.replace(q, split="test") for q in qs] if held_out == "validation" else qs
+
     for name in d.domains:
-        out[name] = (load_questions(name, manual, where, "train", n=d.n_train, **kw)
-                     + load_questions(name, manual, where, "test", n=d.n_test, **kw))
+        out[name] = load_questions(name, manual, where, "train", n=d.n_train, **kw) + evaluated(name)
     for name in d.ood_domains:
         if name in out:
             raise ValueError(f"config lists {name!r} both in data.domains and data.ood_domains")
-        out[name] = load_questions(name, manual, where, "test", n=d.n_test, **kw)
+        out[name] = evaluated(name)
     return out
 
 
@@ -58,7 +72,8 @@ def stage_sample(config, data_workdir: str | Path, model=None) -> dict:
         s = config.sample
         summary = sample_questions(sampler, questions, data_workdir / "samples" / f"{domain}.jsonl", k=s.k,
                                    temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                                   seed=config.seed, model_name=config.model.name)
+                                   seed=config.seed, model_name=config.model.name,
+                                   instruction=config.data.answer_instruction)
         log.info("%s: %s", domain, summary.format())
         summaries[domain] = summary.format()
     return summaries
@@ -156,13 +171,14 @@ def eval_datasets(config, data_workdir: Path) -> tuple[dict, dict]:
     return datasets, roles
 
 
-def regrade_greedy(sampler, questions: list[Question], records: list[dict], max_new_tokens: int) -> list[dict]:
+def regrade_greedy(sampler, questions: list[Question], records: list[dict], max_new_tokens: int,
+                   instruction: str | None = None) -> list[dict]:
     """Copies of `records` whose greedy answer comes from `sampler`'s model (a fine-tuned model answers
     for itself; consistency stays the base model's, which defines the pairwise ranking)."""
     from metacog_jax.data.grading import grade
     from metacog_jax.sampling import SamplingParams
 
-    ids = [sampler.tokenizer.encode(prompts.answer_prompt(sampler.tokenizer, q), add_special_tokens=False)
+    ids = [sampler.tokenizer.encode(prompts.answer_prompt(sampler.tokenizer, q, instruction), add_special_tokens=False)
            for q in questions]
     gen = sampler.generate(ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
                            jax.random.key(0))
@@ -185,11 +201,13 @@ def stage_eval(config, run_workdir: str | Path, data_workdir: str | Path | None 
     loaded, step = model_for_eval(config, run_workdir)
     sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=config.sample.batch_size)
     if step > 0:
-        datasets = {n: (qs, regrade_greedy(sampler, qs, recs, config.sample.max_new_tokens))
+        datasets = {n: (qs, regrade_greedy(sampler, qs, recs, config.sample.max_new_tokens,
+                                                config.data.answer_instruction))
                     for n, (qs, recs) in datasets.items()}
     e = config.eval
+    n_pairs = {n: (e.n_pairs_ood or e.n_pairs) if roles[n] == "out_of_domain" else e.n_pairs for n in datasets}
     metrics = evaluate(loaded.model, loaded.tokenizer, datasets, scale=config.data.confidence_scale,
-                       role_of=roles, n_pairs=e.n_pairs, seed=config.seed, batch_size=e.batch_size,
+                       role_of=roles, n_pairs=n_pairs, seed=config.seed, batch_size=e.batch_size,
                        n_resamples=e.n_resamples, out_dir=run_workdir / "eval", verbalized=e.verbalized,
                        sampler=sampler if e.verbalized else None, progress=True, resume=True,
                        tag=f"step {step}")

@@ -72,6 +72,7 @@ from metacog_jax.data import splits
 from metacog_jax.data.records import OPTION_LETTERS, Question
 
 LEVELS = (1, 2, 3, 4, 5)
+SPLIT_CHOICES = ("train", "validation", "test", "all")
 ROLES = {"arithmetic": "in_domain", "comparison": "out_of_domain"}
 KINDS = {"arithmetic": "numeric", "comparison": "multiple_choice"}
 
@@ -202,21 +203,26 @@ def _arithmetic_keys(level: int) -> Iterator[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _arithmetic_count(level: int, split: str, test_fraction: float) -> int:
+def _arithmetic_count(level: int, split: str, test_fraction: float, validation_fraction: float = 0.0) -> int:
     if split == "all":
         return sum(1 for _ in _arithmetic_keys(level))
-    return sum(1 for key in _arithmetic_keys(level) if splits.assign_split(key, test_fraction) == split)
+    return sum(1 for key in _arithmetic_keys(level) if _split_of(key, test_fraction, validation_fraction) == split)
+
+
+def _split_of(key: str, test_fraction: float, validation_fraction: float) -> str:
+    """train / validation / test of a canonical key (validation is carved from train only)."""
+    return splits.carve_validation(key, splits.assign_split(key, test_fraction), validation_fraction)
 
 
 def distinct_items(name: str, level: int, split: str = "all",
-                   test_fraction: float = splits.DEFAULT_TEST_FRACTION) -> int | None:
+                   test_fraction: float = splits.DEFAULT_TEST_FRACTION, validation_fraction: float = 0.0) -> int | None:
     """How many distinct (canonical) items a level has, in one split or in all.
 
     Args:
       name: ``"arithmetic"`` or ``"comparison"``.
       level: one of ``LEVELS``.
-      split: ``"train"``, ``"test"`` or ``"all"``.
-      test_fraction: as for :func:`generate`.
+      split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"``.
+      test_fraction, validation_fraction: as for :func:`generate`.
 
     Returns:
       The exact count for arithmetic (by enumeration; level 5 takes about a
@@ -228,11 +234,11 @@ def distinct_items(name: str, level: int, split: str = "all",
         raise ValueError(f"unknown procedural domain {name!r}; known: {sorted(ROLES)}")
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level}")
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     if name == "comparison":
         return None
-    return _arithmetic_count(level, split, float(test_fraction))
+    return _arithmetic_count(level, split, float(test_fraction), float(validation_fraction))
 
 
 # -- comparison -----------------------------------------------------------------------------------------
@@ -285,8 +291,8 @@ def _comparison(rng: random.Random, level: int) -> tuple[str, tuple[str, ...], s
 
 
 # -- generation -----------------------------------------------------------------------------------------
-def _candidate(name: str, seed: int, level: int, j: int,
-               test_fraction: float) -> tuple[str, str, tuple[str, ...], str, dict[str, str]]:
+def _candidate(name: str, seed: int, level: int, j: int, test_fraction: float,
+               validation_fraction: float) -> tuple[str, str, tuple[str, ...], str, dict[str, str]]:
     """Draw ``j`` of a level: (split, text, options, answer, meta); meta["canonical"] is the key."""
     rng = random.Random(f"{name}:{seed}:{level}:{j}")
     if name == "arithmetic":
@@ -294,13 +300,13 @@ def _candidate(name: str, seed: int, level: int, j: int,
         options: tuple[str, ...] = ()
     else:
         text, options, answer, meta = _comparison(rng, level)
-    return splits.assign_split(meta["canonical"], test_fraction), text, options, answer, meta
+    return _split_of(meta["canonical"], test_fraction, validation_fraction), text, options, answer, meta
 
 
 def _exhausted(name: str, level: int, split: str, found: int, levels: Sequence[int], n: int,
-               test_fraction: float) -> ValueError:
+               test_fraction: float, validation_fraction: float) -> ValueError:
     need = sum(1 for k in range(n) if levels[k % len(levels)] == level)
-    total = distinct_items(name, level, split, test_fraction)
+    total = distinct_items(name, level, split, test_fraction, validation_fraction)
     where = f"the {split} split" if split != "all" else "all splits"
     has = f"has {total}" if total is not None else "ran out"
     return ValueError(
@@ -311,7 +317,7 @@ def _exhausted(name: str, level: int, split: str, found: int, levels: Sequence[i
 
 def generate(name: str, n: int, seed: int = 0, split: str = "train", *,
              test_fraction: float = splits.DEFAULT_TEST_FRACTION,
-             levels: Sequence[int] = LEVELS) -> list[Question]:
+             levels: Sequence[int] = LEVELS, validation_fraction: float = 0.0) -> list[Question]:
     """Generates ``n`` questions of a procedural domain for one split.
 
     Question ``k`` has level ``levels[k % len(levels)]``: the level's
@@ -322,8 +328,10 @@ def generate(name: str, n: int, seed: int = 0, split: str = "train", *,
       name: ``"arithmetic"`` or ``"comparison"``.
       n: number of questions (>= 0).
       seed: generation seed; ids are ``<name>/s<seed>/<i>``.
-      split: ``"train"``, ``"test"`` or ``"all"`` (no filtering).
+      split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"`` (no filtering).
       test_fraction: share of the (canonical) question space assigned to test.
+      validation_fraction: share of the train items carved out as validation
+        (``splits.carve_validation``; 0 = none, train keeps them).
       levels: difficulty levels to cycle through (from 1-5; repeats set the
         proportions, e.g. ``(1, 1, 2)`` is two thirds level 1).
 
@@ -338,8 +346,8 @@ def generate(name: str, n: int, seed: int = 0, split: str = "train", *,
     """
     if name not in ROLES:
         raise ValueError(f"unknown procedural domain {name!r}; known: {sorted(ROLES)}")
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     levels = tuple(levels)
@@ -356,15 +364,16 @@ def generate(name: str, n: int, seed: int = 0, split: str = "train", *,
         while True:
             j = draws[level]
             draws[level] += 1
-            q_split, text, options, answer, extra = _candidate(name, seed, level, j, test_fraction)
+            q_split, text, options, answer, extra = _candidate(name, seed, level, j, test_fraction,
+                                                                 validation_fraction)
             if extra["canonical"] not in seen and split in ("all", q_split):
                 break
             misses += 1
             if misses == _CHECK_AFTER and name == "arithmetic" and \
-                    found[level] >= distinct_items(name, level, split, test_fraction):
-                raise _exhausted(name, level, split, found[level], levels, n, test_fraction)
+                    found[level] >= distinct_items(name, level, split, test_fraction, validation_fraction):
+                raise _exhausted(name, level, split, found[level], levels, n, test_fraction, validation_fraction)
             if misses >= _MAX_MISSES:
-                raise _exhausted(name, level, split, found[level], levels, n, test_fraction)
+                raise _exhausted(name, level, split, found[level], levels, n, test_fraction, validation_fraction)
         seen.add(extra["canonical"])
         found[level] += 1
         meta = {"difficulty": str(level), "seed": str(seed), **extra}

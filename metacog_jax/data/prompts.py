@@ -165,6 +165,14 @@ def tokenize_segments(tokenizer, segments: Sequence[Segment]) -> tuple[list[int]
 
 # -- the three formats ----------------------------------------------------------------------------------
 ANSWER_INSTRUCTION = "Reply with exactly one sentence of the form 'The answer is X', where X is {hint}."
+# Other wordings of the answer instruction (config `data.answer_instruction`: a name here, or a template
+# with {hint}). Each asks for METHOD's form "The answer is X"; which one a small model follows best is
+# measured on a validation split (README, "Choosing the demo's settings").
+ANSWER_INSTRUCTIONS = {
+    "sentence": ANSWER_INSTRUCTION,
+    "reply": "Reply 'The answer is' and {hint}.",
+    "followed": "Reply with 'The answer is' followed by {hint}.",
+}
 SINGLE_INSTRUCTION = (
     "Answer the question, then give your confidence that your answer is correct on a scale from {scale}. "
     "Reply with exactly one sentence of the form 'The answer is X and my confidence score is C', "
@@ -177,9 +185,22 @@ PAIRWISE_INSTRUCTION = (
 CONFIDENCE_PREFIX = " and my confidence score is"
 
 
-def answer_prompt(tokenizer, q: Question) -> str:
-    """Chat-formatted answer-only prompt (for sampling K answers)."""
-    return prompt_text(tokenizer, question_block(q) + "\n\n" + ANSWER_INSTRUCTION.format(hint=answer_hint(q)))
+def answer_instruction(name_or_template: str | None) -> str:
+    """The answer-instruction template (with {hint}) for a name in ANSWER_INSTRUCTIONS or a template."""
+    if name_or_template is None:
+        return ANSWER_INSTRUCTION
+    if name_or_template in ANSWER_INSTRUCTIONS:
+        return ANSWER_INSTRUCTIONS[name_or_template]
+    if "{hint}" not in name_or_template:
+        raise ValueError(f"answer instruction {name_or_template!r} is neither one of {sorted(ANSWER_INSTRUCTIONS)} "
+                         "nor a template containing {hint}")
+    return name_or_template
+
+
+def answer_prompt(tokenizer, q: Question, instruction: str | None = None) -> str:
+    """Chat-formatted answer-only prompt (for sampling K answers); `instruction` as for answer_instruction."""
+    text = answer_instruction(instruction).format(hint=answer_hint(q))
+    return prompt_text(tokenizer, question_block(q) + "\n\n" + text)
 
 
 def single_prompt(tokenizer, q: Question, scale: ConfidenceScale) -> str:

@@ -22,7 +22,7 @@ OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MAX_OPTIONS = len(OPTION_LETTERS)
 
 KINDS = ("multiple_choice", "numeric", "open", "label")
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 # Gold numeric answers are stored canonically: optional minus, digits, optional
 # decimal part; no thousands separators, units or exponents.
@@ -44,7 +44,8 @@ class Question:
     Attributes:
       id: stable unique id, e.g. ``"gsm8k/test/17"`` or ``"mmlu_pro/70"``.
       domain: registry name the question was loaded under (``"gsm8k"``).
-      split: ``"train"`` or ``"test"`` (our split, see ``data/splits.py``).
+      split: ``"train"``, ``"validation"`` (carved from train for choosing settings) or ``"test"``
+        (our split, see ``data/splits.py``).
       question: the question text shown to the model.
       kind: ``"multiple_choice" | "numeric" | "open" | "label"``.
       options: multiple choice only: option texts in order; option i has

@@ -242,13 +242,20 @@ def _check_settings(existing: list[dict[str, Any]], settings: dict[str, Any], pa
                 raise SamplesError(
                     f"{path}: question {record['id']!r} was sampled with {name}={record[name]!r} but this run "
                     f"uses {name}={settings[name]!r}; use another output file or the original settings")
+        # The answer instruction is recorded only when it is not the default wording.
+        was = record.get("instruction", prompts.ANSWER_INSTRUCTION)
+        now = settings.get("instruction", prompts.ANSWER_INSTRUCTION)
+        if was != now:
+            raise SamplesError(f"{path}: question {record['id']!r} was sampled with the answer instruction {was!r} "
+                               f"but this run uses {now!r}; use another output file or the original wording")
 
 
 def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.PathLike[str], *, k: int = 10,
                      temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0,
                      greedy: bool = True, progress: bool = True, chunk_size: int | None = None,
                      model_name: str | None = None,
-                     questions_path: str | os.PathLike[str] | None = None) -> SampleSummary:
+                     questions_path: str | os.PathLike[str] | None = None,
+                     instruction: str | None = None) -> SampleSummary:
     """Samples K graded answers per question and appends one JSON line per question to ``out_path``.
 
     Resumable: finished ids in ``out_path`` are skipped, a truncated last line is dropped (the file is cut
@@ -268,6 +275,7 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
       chunk_size: questions per generate call and per append; default ``sampler.batch_size``.
       model_name: recorded in every line as ``"model"`` when given.
       questions_path: where the Question records go; default ``default_questions_path(out_path)``.
+      instruction: the answer instruction (``prompts.answer_instruction``); None = the default wording.
 
     Returns:
       A :class:`SampleSummary` over the whole file.
@@ -295,6 +303,8 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                 "max_new_tokens": max_new_tokens, "seed": seed}
     if model_name is not None:
         settings["model"] = model_name
+    if instruction is not None and prompts.answer_instruction(instruction) != prompts.ANSWER_INSTRUCTION:
+        settings["instruction"] = prompts.answer_instruction(instruction)  # a cache of another wording is refused
 
     existing: list[dict[str, Any]] = []
     if out_path.exists():
@@ -325,8 +335,8 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
         with out_path.open("a", encoding="utf-8") as f:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
-                prompt_ids = [tokenizer.encode(prompts.answer_prompt(tokenizer, q), add_special_tokens=False)
-                              for q in chunk]
+                prompt_ids = [tokenizer.encode(prompts.answer_prompt(tokenizer, q, instruction),
+                                               add_special_tokens=False) for q in chunk]
                 seeds = [question_seed(seed, q.id) for q in chunk]
                 gen = sampler.generate(prompt_ids, sample_params, key, seeds=seeds)
                 tokens += sum(len(c.token_ids) for row in gen.completions for c in row)

@@ -50,6 +50,24 @@ def assign_split(key: str, test_fraction: float = DEFAULT_TEST_FRACTION) -> str:
     return "test" if hash_unit(key, salt="split") < test_fraction else "train"
 
 
+def carve_validation(key: str, split: str, validation_fraction: float) -> str:
+    """``"validation"`` for about ``validation_fraction`` of the TRAIN questions, else ``split`` unchanged.
+
+    Settings are chosen on this carve, never on test: test questions stay test whatever the fraction, and
+    the hash has its own salt, so the carve is independent of the train/test assignment.
+
+    Args:
+      key: the question's stable key (its canonical form where equivalent items exist).
+      split: the question's split before carving.
+      validation_fraction: share of the train questions moved to validation, in [0, 1).
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if split == "train" and validation_fraction > 0 and hash_unit(key, salt="validation") < validation_fraction:
+        return "validation"
+    return split
+
+
 def with_hashed_split(question: Question,
                       test_fraction: float = DEFAULT_TEST_FRACTION) -> Question:
     """Returns ``question`` with ``split`` set by :func:`assign_split` on its id."""

@@ -176,7 +176,7 @@ def _with_intervals(fn, arrays, n_resamples: int, seed: int) -> dict[str, dict[s
 
 # -- the stage ------------------------------------------------------------------------------------------
 def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | Mapping], Sequence[Mapping]]], *,
-             scale: prompts.ConfidenceScale | str = "0-1", role_of: Mapping[str, str], n_pairs: int = 500,
+             scale: prompts.ConfidenceScale | str = "0-1", role_of: Mapping[str, str], n_pairs: int | Mapping[str, int] = 500,
              seed: int = 0, batch_size: int = 16, n_resamples: int = 1000, out_dir: str | os.PathLike,
              verbalized: bool = False, sampler=None, mesh=None, verbalized_max_new_tokens: int = 8,
              resume: bool = False, tag: str = "", progress: bool = False) -> dict[str, Any]:
@@ -189,7 +189,8 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         (the sample stage's records). Every question needs a record; extra records are ignored.
       scale: confidence scale (object or name).
       role_of: name -> "in_domain" | "out_of_domain", for every dataset.
-      n_pairs: pairs per dataset for the pairwise task (fewer when the dataset has fewer pairs).
+      n_pairs: pairs per dataset for the pairwise task (fewer when the dataset has fewer pairs), or a
+        mapping dataset -> pairs.
       seed: seeds the pairs, their Q1/Q2 order and the bootstrap.
       batch_size: rows per scoring call.
       n_resamples: bootstrap resamples per metric set.
@@ -211,8 +212,9 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         raise ValueError("datasets is empty: nothing to evaluate")
     if verbalized and sampler is None:
         raise ValueError("verbalized=True needs a sampler")
-    if n_pairs < 0:
-        raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
+    pairs_of = dict(n_pairs) if isinstance(n_pairs, Mapping) else {name: n_pairs for name in datasets}
+    if any(name not in pairs_of for name in datasets) or any(v < 0 for v in pairs_of.values()):
+        raise ValueError(f"n_pairs must be >= 0 for every dataset, got {n_pairs}")
     scale = prompts.confidence_scale(scale) if isinstance(scale, str) else scale
     # Start-up checks before any model call: labels, roles, inputs.
     label_set = scoring.confidence_label_set(tokenizer, scale)
@@ -247,7 +249,7 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         "datasets": {},
     }
     for name, (role, questions, items) in prepared.items():
-        fingerprint = _fingerprint(questions, items, scale, n_pairs=n_pairs, seed=seed, n_resamples=n_resamples,
+        fingerprint = _fingerprint(questions, items, scale, n_pairs=pairs_of[name], seed=seed, n_resamples=n_resamples,
                                    verbalized=verbalized, tag=tag, layout=EVAL_LAYOUT)
         done_path = out_dir / f"{name}.metrics.json"
         if resume and done_path.is_file() and (out_dir / f"{name}.jsonl").is_file():
@@ -258,7 +260,7 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
                 continue
         t0 = time.perf_counter()
         entry, rows = _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pair_set,
-                                        n_pairs=n_pairs, seed=seed, batch_size=batch_size, n_resamples=n_resamples,
+                                        n_pairs=pairs_of[name], seed=seed, batch_size=batch_size, n_resamples=n_resamples,
                                         verbalized=verbalized, sampler=sampler, mesh=mesh,
                                         max_new_tokens=verbalized_max_new_tokens, progress=progress)
         artifacts.write_jsonl(out_dir / f"{name}.jsonl", rows)

@@ -170,7 +170,7 @@ def _read_built(name: str, builder: Any, test_fraction: float) -> list[Question]
 def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
                    tfds_dir: str | os.PathLike[str], split: str, n: int | None = None,
                    seed: int = 0, *, test_fraction: float = splits.DEFAULT_TEST_FRACTION,
-                   levels: Sequence[int] | None = None) -> list[Question]:
+                   levels: Sequence[int] | None = None, validation_fraction: float = 0.0) -> list[Question]:
     """Loads one domain's questions for one split.
 
     Args:
@@ -179,7 +179,7 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
         None downloads from the official URLs (connected machines only).
         Ignored for procedural domains.
       tfds_dir: output root for the built TFDS files (cached there).
-      split: ``"train"``, ``"test"`` or ``"all"``; the mapping from each
+      split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"``; the mapping from each
         source's published splits is the builder's ``SPLIT_POLICY``
         (published splits kept where they exist, else hashed on the id).
       n: keep at most ``n`` questions (deterministic, nested in ``n``; see
@@ -188,6 +188,8 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
       seed: subsampling seed; the generation seed for procedural domains.
       test_fraction: share held out as test where splits are hashed.
       levels: procedural domains only: difficulty levels to draw from (default all).
+      validation_fraction: share of the train questions carved out as ``"validation"``
+        (``splits.carve_validation`` on the canonical form, else the id); 0 = none.
 
     Returns:
       Questions in source-file order.
@@ -198,14 +200,19 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
       MalformedRecordError: a source row is malformed (``file:line``, field).
     """
     info = domain_info(name)
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if split not in ("train", "validation", "test", "all"):
+        raise ValueError(f"split must be 'train', 'validation', 'test' or 'all', got {split!r}")
     if info.procedural:
         return procedural.generate(name, PROCEDURAL_DEFAULT_N if n is None else n, seed, split,
-                                   test_fraction=test_fraction, levels=tuple(levels or procedural.LEVELS))
+                                   test_fraction=test_fraction, levels=tuple(levels or procedural.LEVELS),
+                                   validation_fraction=validation_fraction)
     questions: list[Question] = []
     for builder in builders(name, manual_dir, tfds_dir):
         questions.extend(_read_built(name, builder, test_fraction))
+    if validation_fraction > 0:
+        questions = [dataclasses.replace(q, split=splits.carve_validation(q.meta.get("canonical", q.id), q.split,
+                                                                          validation_fraction))
+                     for q in questions]
     if split != "all":
         questions = [q for q in questions if q.split == split]
     return splits.subsample(questions, n, seed)
