@@ -28,29 +28,38 @@ def get_config(arg=None):
         ood=("comparison",),  # out of domain: test only
         steps=24,
     )
-    # Data: questions per domain (train split; test split and each out-of-domain set).
-    c.data.n_train, c.data.n_test = 120, 40
-    # SmolLM2-135M gets about a third of level-1 sums/products right and few level-2 ones: a mix it is
-    # sometimes right and sometimes wrong on, which is what confidence can be learned from.
-    c.data.procedural_levels = (1, 1, 2)
-    # Sampling: K answers per question, at temperature 1 (the default).
-    c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 10, 20, 16
+    # Data. Arithmetic levels 1-3 in equal thirds: SmolLM2-135M (Q4_1) answers about half of the one-digit
+    # level and few of the two-digit ones (validation, `metacog tune`), so difficulty carries information
+    # a model could learn. 40% of the canonical items are test (level 1 has only 135 distinct items), so
+    # 150 in-domain test items fit; settings were chosen on a 30% carve of train (`metacog tune`).
+    c.data.procedural_levels = (1, 2, 3)
+    c.data.test_fraction, c.data.validation_fraction = 0.4, 0.3
+    c.data.n_train, c.data.n_test, c.data.n_test_ood = 150, 150, 60
+    # The answer instruction chosen on validation (`metacog tune`; README "Choosing the demo's settings").
+    c.data.answer_instruction = "followed"
+    # Sampling: K answers per question, at temperature 1 (the default); answers are a few tokens.
+    c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 10, 12, 16
     c.targets.balance = False  # keep every training question; the demo's sets are small
+    # Pairs labelled by consistency (METHOD), each trained in both orders with the label flipped, so the
+    # position of a question carries no information about the label.
+    c.targets.pair_label, c.targets.pair_orders = "consistency", "both"
     # Training (each condition's task replaces train.task; C+S mixes half pairwise, half single).
     c.train.task, c.train.mix = "multitask", 0.5
     # LoRA on the top third of the layers: backward stops there, which keeps a CPU step short.
     c.train.lora.targets = r"layers\.(2[0-9])\..*(q_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
     c.train.lora.rank, c.train.lora.alpha = 8, 16.0
     c.train.batch_size, c.train.max_len, c.train.lr, c.train.warmup_steps = 4, 512, 5e-4, 4
+    # Answer tokens keep weight 1 so fine-tuning the confidence does not change the answers.
     c.train.loss.update(single=1.0, pairwise=1.0, answer=1.0, confidence=1.0, choice=1.0, format=1.0, brier=0.0)
     c.train.checkpoint_every = 8
-    # Evaluation: pairwise-task pairs per dataset, batch size, bootstrap resamples of the intervals.
-    c.eval.n_pairs, c.eval.batch_size, c.eval.n_resamples = 60, 8, 500
+    # Evaluation: pairs per dataset (each scored in both orders; in domain every question sits in about
+    # two pairs, which the Bradley-Terry scores need), batch size, bootstrap resamples.
+    c.eval.n_pairs, c.eval.n_pairs_ood, c.eval.batch_size, c.eval.n_resamples = 150, 60, 8, 500
     if a.quick:  # every stage on a handful of questions: a look at the machinery, not at results
-        c.data.n_train, c.data.n_test = 24, 12
-        c.sample.k, c.sample.max_new_tokens = 4, 12
+        c.data.n_train, c.data.n_test, c.data.n_test_ood = 24, 12, 12
+        c.sample.k = 4
         c.train.steps, c.train.checkpoint_every = 3, 2
-        c.eval.n_pairs, c.eval.n_resamples = 12, 200
+        c.eval.n_pairs, c.eval.n_pairs_ood, c.eval.n_resamples = 12, 12, 200
     c.demo = common.demo_fields(real_in=REAL_IN_DOMAIN if a.real else (),
                                 real_out=REAL_OUT_OF_DOMAIN if a.real else (),
                                 conditions=CONDITIONS)

@@ -10,6 +10,7 @@
     metacog gap      --items=items.jsonl --ratings=ratings.csv --out=gap/
     metacog study serve|export --items=items.jsonl --db=study.sqlite [--port=8000 | --out=ratings.csv]
     metacog demo     --config=configs/demo.py[:quick] --workdir=runs/demo [--data_dir=../shared/data]
+    metacog tune     --config=configs/demo.py --workdir=runs/tune --grid train.lr=3e-4,1e-3
 
 `metacog COMMAND --help` lists a command's flags. Every model stage (all commands but report, gap and
 study) first runs the process start-up, metacog_jax.runtime.start_process (host allocator, compilation
@@ -24,9 +25,9 @@ import logging
 import sys
 from pathlib import Path
 
-COMMANDS = ("sample", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo")
+COMMANDS = ("sample", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo", "tune")
 # The commands that load an experiment config (--config); they are the model stages.
-CONFIG_COMMANDS = ("sample", "targets", "train", "eval", "export", "explain", "demo")
+CONFIG_COMMANDS = ("sample", "targets", "train", "eval", "export", "explain", "demo", "tune")
 DEFAULT_CONFIG = {"demo": "configs/demo.py"}
 
 _HELP = {
@@ -40,6 +41,7 @@ _HELP = {
     "gap": "paper 2: the gap between the model's confidence and the raters'",
     "study": "paper 2: serve the rating study, or export its responses",
     "demo": "every stage end to end on one config, resumable",
+    "tune": "choose the answer instruction and training settings on a validation carve of train",
 }
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -127,6 +129,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     study_export.add_argument("--out", default=None, help="CSV file (default: ratings.csv)")
 
     stage("demo", "demo directory: data/, one run per condition, report/", data_dir=True)
+    tune = stage("tune", "tuning directory: data/, base/, one run per grid point and task, tune.md", data_dir=True)
+    tune.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                      help="config values to try (repeatable; the grid is their product), e.g. train.lr=3e-4,1e-3")
+    tune.add_argument("--tasks", default="single,pairwise", help="tasks trained at each point (default: %(default)s)")
+    tune.add_argument("--no_instructions", action="store_true", help="keep the config's answer instruction")
     return parser, subs
 
 
@@ -231,6 +238,13 @@ def _run(cmd, args, spec, overrides) -> int:
         from metacog_jax.demo import run_demo
 
         run_demo(config, workdir)
+        return 0
+    if cmd == "tune":
+        from metacog_jax.tuning import format_tune, run_tune
+
+        out = run_tune(config, workdir, args.grid, tuple(t for t in args.tasks.split(",") if t),
+                       instructions=not args.no_instructions)
+        print(format_tune(out))
         return 0
     from metacog_jax.config_utils import save_config
 

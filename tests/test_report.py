@@ -72,7 +72,7 @@ def test_report_tables_numbers_and_figures(runs, tmp_path):
     assert report.format_cell(rep["main"]["base"]["mmlu"]["auc"]) == "0.620 [0.57, 0.67]"
     assert report.format_cell(rep["main"]["C"]["gsm8k"]["auc_c"]) == "0.700 [0.65, 0.75]"
     assert report.format_cell(rep["main"]["base"]["medqa"]["auc_a"]) == "n/a"
-    assert rep["main"]["C"]["medqa"] == {"ece": None, "auc": None, "auc_c": None, "auc_a": None}
+    assert rep["main"]["C"]["medqa"] == {"ece": None, "auc": None, "auc_c": None, "auc_a": None, "bt_auc": None}
 
     # (b) transfer: condition minus base, per dataset and averaged per role.
     t = rep["transfer"]
@@ -111,7 +111,7 @@ def test_report_tables_numbers_and_figures(runs, tmp_path):
     # Each AUC with the counts it rests on, flagged below MIN_COUNT (4 items, 5 and 3 usable pairs here).
     assert s_row.split(" | ")[1:5] == ["0.100 [0.05, 0.15]", "0.700 [0.65, 0.75] (2/2) few",
                                        "0.560 [0.51, 0.61] (5) few", "0.510 [0.46, 0.56] (3) few"]
-    assert rep["counts"]["S"]["gsm8k"] == {"ece": None, "auc": [2, 2], "auc_c": [5], "auc_a": [3]}
+    assert rep["counts"]["S"]["gsm8k"] == {"ece": None, "auc": [2, 2], "auc_c": [5], "auc_a": [3], "bt_auc": [2, 2]}
     # Differences: paired (with intervals) from the single-task rows; these pairwise rows hold one
     # presentation only, so the pairwise columns fall back to differences of the estimates.
     (cb, yb), (cs, ys) = (np.asarray(v, float).T for v in (ITEMS, ITEMS_S))
@@ -130,7 +130,7 @@ def test_report_tables_numbers_and_figures(runs, tmp_path):
 
     text = report.format_main_table(rep)
     lines = text.splitlines()
-    assert lines[0].split() == ["role", "dataset", "condition", "ECE", "AUC", "AUC_c", "AUC_a"]
+    assert lines[0].split() == ["role", "dataset", "condition", "ECE", "AUC", "AUC_c", "AUC_a", "BT", "AUC"]
     assert any(line.split()[:4] == ["out-of-domain", "medqa", "C", "n/a"] for line in lines)
     assert any(line.startswith("in-domain") and " S " in line and "0.100 [0.05, 0.15]" in line for line in lines)
     assert lines[-1] == metrics.ECE_DEFINITION

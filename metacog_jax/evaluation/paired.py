@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from metacog_jax.artifacts import iter_jsonl
-from metacog_jax.evaluation import bootstrap, metrics
-from metacog_jax.evaluation.run import pairwise_cluster_stat
+from metacog_jax.evaluation import bootstrap, bradley_terry, metrics
+from metacog_jax.evaluation.run import debiased_preference, pairwise_cluster_stat
 
 # Metric name in the difference -> (task, name in that task's statistic).
 SINGLE_DIFFS = ("accuracy", "ece", "auroc", "brier")
-PAIRWISE_DIFFS = ("auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc")
+PAIRWISE_DIFFS = ("auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "bt_auroc", "bt_spearman_consistency")
 
 
 def _single_weighted(counts, conf, correct) -> dict[str, Any]:
@@ -40,11 +40,11 @@ def single_diff_stat(counts, conf_x, correct_x, conf_b, correct_b):
 
 
 def full_diff_stat(counts, conf_x, correct_x, conf_b, correct_b, item_a, item_b, p_ab_x, p_ba_x, p_ab_b, p_ba_b,
-                   consistency):
-    """Single-task and debiased pairwise metrics of condition x minus base on the same resample."""
+                   consistency, strength_x, pairs_x, strength_b, pairs_b):
+    """Single-task, debiased pairwise and Bradley-Terry metrics of condition x minus base on one resample."""
     out = single_diff_stat(counts, conf_x, correct_x, conf_b, correct_b)
-    px = pairwise_cluster_stat(counts, item_a, item_b, p_ab_x, p_ba_x, consistency, correct_x)
-    pb = pairwise_cluster_stat(counts, item_a, item_b, p_ab_b, p_ba_b, consistency, correct_b)
+    px = pairwise_cluster_stat(counts, item_a, item_b, p_ab_x, p_ba_x, consistency, correct_x, strength_x, pairs_x)
+    pb = pairwise_cluster_stat(counts, item_a, item_b, p_ab_b, p_ba_b, consistency, correct_b, strength_b, pairs_b)
     out.update({k: px[k] - pb[k] for k in PAIRWISE_DIFFS})
     return out
 
@@ -103,8 +103,13 @@ def paired_differences(rows_x: ItemRows, rows_b: ItemRows, n_resamples: int = 10
         for (a, b), row in rows_b.pairs.items():
             consistency[index[a]], consistency[index[b]] = row["consistency"]
         arr = lambda rows, field: np.asarray([float(rows.pairs[k][field]) for k in keys])
+        strengths = []
+        for rows in (rows_x, rows_b):
+            p_tilde = debiased_preference(arr(rows, "p_q1"), arr(rows, "p_q1_swapped"))
+            fit = bradley_terry.fit_strengths(item_a, item_b, p_tilde, len(ids))
+            strengths += [np.asarray(fit.strength, np.float64), np.asarray(fit.pair_weight, np.float64)]
         operands += (item_a, item_b, arr(rows_x, "p_q1"), arr(rows_x, "p_q1_swapped"), arr(rows_b, "p_q1"),
-                     arr(rows_b, "p_q1_swapped"), consistency)
+                     arr(rows_b, "p_q1_swapped"), consistency, *strengths)
         stat = full_diff_stat
     point, samples = bootstrap.point_and_clustered_samples(stat, len(ids), operands, n_resamples, seed)
     return bootstrap.intervals_from_samples(point, samples, alpha), {k: np.asarray(v) for k, v in samples.items()}

@@ -40,15 +40,16 @@ MAIN_METRICS = (
     ("auc", "single", "auroc", "AUC", "higher"),
     ("auc_c", "pairwise", "auc_c", "AUC_c", "higher"),
     ("auc_a", "pairwise", "auc_a", "AUC_a", "higher"),
+    ("bt_auc", "pairwise", "bt_auroc", "BT AUC", "higher"),
 )
 ROLE_TITLES = {"in_domain": "in-domain", "out_of_domain": "out-of-domain"}
 # An AUC resting on fewer correct or wrong answers (or fewer usable pairs) than this is flagged.
 MIN_COUNT = 10
 # (key, header, better direction) of the paired differences shown; keys of paired.SINGLE/PAIRWISE_DIFFS.
 DIFF_METRICS = (("ece", "ΔECE", "lower"), ("auroc", "ΔAUC", "higher"), ("auc_c", "ΔAUC_c", "higher"),
-                ("auc_a", "ΔAUC_a", "higher"), ("accuracy", "Δaccuracy", "none"))
+                ("auc_a", "ΔAUC_a", "higher"), ("bt_auroc", "ΔBT AUC", "higher"), ("accuracy", "Δaccuracy", "none"))
 # Main-table key -> key of the same metric among the paired differences.
-DIFF_KEY = {"ece": "ece", "auc": "auroc", "auc_c": "auc_c", "auc_a": "auc_a"}
+DIFF_KEY = {"ece": "ece", "auc": "auroc", "auc_c": "auc_c", "auc_a": "auc_a", "bt_auc": "bt_auroc"}
 
 
 def _eval_dir(run_dir: Path) -> Path:
@@ -100,7 +101,7 @@ def _counts(e: Mapping[str, Any] | None, key: str) -> tuple[int, ...] | None:
     """The counts an AUC rests on: (correct, wrong) answers, or (usable pairs,)."""
     if not e:
         return None
-    if key == "auc":
+    if key in ("auc", "bt_auc"):  # the Bradley-Terry scores rank the same correct / wrong answers
         s = e.get("single", {})
         return (s["n_correct"], s["n_wrong"]) if "n_correct" in s else None
     block = e.get("pairwise", {})
@@ -324,7 +325,9 @@ def _markdown(report: Mapping[str, Any]) -> str:
            f"Conditions: {', '.join(conds)}." + (f" Base: {base}." if base else " No base condition given."), "",
            f"**{report['ece_definition']}**", "",
            "Cells: estimate [95% bootstrap interval]. ECE lower is better; AUC (single task), AUC_c and AUC_a "
-           "(pairwise task, debiased readout over both presentation orders) higher is better, 0.5 = chance. "
+           "(pairwise task, debiased readout over both presentation orders) higher is better, 0.5 = chance; "
+           "BT AUC: the AUROC of per-question Bradley-Terry scores fit to the pairwise preferences, on the "
+           "single task's scale. "
            "In parentheses the counts each AUC rests on: correct/wrong answers (AUC), pairs whose "
            f"consistencies differ (AUC_c), mixed pairs (AUC_a); 'few' marks a count below {MIN_COUNT}.", "",
            "## Main results", ""]

@@ -44,7 +44,7 @@ from metacog_jax import artifacts
 from metacog_jax.data import pairs as pairs_lib
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
-from metacog_jax.evaluation import bootstrap, metrics, scoring
+from metacog_jax.evaluation import bootstrap, bradley_terry, metrics, scoring
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,17 @@ def _both_directions(p, first, second, w):
             jnp.concatenate([w, w]))
 
 
-def pairwise_cluster_stat(counts, item_a, item_b, p_q1_ab, p_q1_ba, consistency, correct):
+def pairwise_cluster_stat(counts, item_a, item_b, p_q1_ab, p_q1_ba, consistency, correct, strength=None,
+                          pair_weight=None):
     """Debiased pairwise metrics under question multiplicities `counts` [N] (jax-traceable).
 
     item_a, item_b: int [P] question indices as listed (A first); p_q1_ab, p_q1_ba: P("Q1") with A shown
     first and with B shown first; consistency, correct: [N] per question. A pair weighs counts[A] *
-    counts[B]."""
+    counts[B]. With the Bradley-Terry `strength` and `pair_weight` [N] of the full-data fit, also the
+    strengths' AUROC against correctness and rank correlation with consistency (strengths held fixed, as
+    the single task's bootstrap holds each stated confidence)."""
+    bt = ({} if strength is None else
+          bradley_terry.fixed_strength_statistics(counts, strength, pair_weight, correct, consistency))
     w = counts[item_a] * counts[item_b]
     p = debiased_preference(p_q1_ab, p_q1_ba)
     ca, cb, ya, yb = consistency[item_a], consistency[item_b], correct[item_a], correct[item_b]
@@ -111,6 +116,7 @@ def pairwise_cluster_stat(counts, item_a, item_b, p_q1_ab, p_q1_ba, consistency,
         "q1_choice_rate": metrics._safe_ratio(
             jnp.sum(w * ((jnp.asarray(p_q1_ab) > 0.5).astype(float) + (jnp.asarray(p_q1_ba) > 0.5))),
             2.0 * jnp.sum(w)),
+        **bt,
     }
 
 
@@ -325,18 +331,25 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
         p_ab, p_ba = probs[:len(pairs), 0], probs[len(pairs):, 0]
         p_tilde = np.asarray(debiased_preference(p_ab, p_ba))
         i1, i2 = np.asarray([i for i, _ in shown]), np.asarray([j for _, j in shown])
-        operands = (i1, i2, p_ab, p_ba, consistency, correct)
+        # Per-question scores from the pairwise preferences (METHOD.md): a Bradley-Terry fit of p~.
+        fit = bradley_terry.fit_strengths(i1, i2, p_tilde, len(questions))
+        strength, pair_weight = np.asarray(fit.strength, np.float64), np.asarray(fit.pair_weight, np.float64)
+        operands = (i1, i2, p_ab, p_ba, consistency, correct, strength, pair_weight)
         counts = dict(n=len(pairs), n_questions=len(questions),
                       n_consistency_differs=int(np.sum(consistency[i1] != consistency[i2])),
                       n_mixed=int(np.sum(correct[i1] != correct[i2])), mean_label_mass=float(np.mean(mass)))
         entry["pairwise"] = dict(
             counts, readout="debiased p~ = 1/2 [P(Q1 | A, B) + 1 - P(Q1 | B, A)]",
+            bradley_terry="strengths fit to p~ (ridge l2=%g); bt_* metrics score questions by strength" % (
+                bradley_terry.DEFAULT_L2),
             metrics=bootstrap.bootstrap_clustered(pairwise_cluster_stat, len(questions), operands,
                                                   n_resamples, seed))
         entry["pairwise_raw"] = dict(
             counts, readout="P(Q1) of one presentation in a seeded random order",
             metrics=bootstrap.bootstrap_clustered(raw_pairwise_cluster_stat, len(questions),
                                                   (i1, i2, p_ab, consistency, correct), n_resamples, seed))
+        for row, s, pw in zip((r for r in rows if r["task"] == "single"), strength, pair_weight):
+            row["bt_strength"], row["bt_pairs"] = float(s), float(pw)
         for k, (i, j) in enumerate(shown):
             higher = None if consistency[i] == consistency[j] else ("Q1" if consistency[i] > consistency[j] else "Q2")
             rows.append({"task": "pairwise", "ids": [questions[i].id, questions[j].id],

@@ -1,0 +1,192 @@
+"""`metacog tune`: choose settings on a validation split carved from train, never on test.
+
+Two steps, both on `data.evaluate_on="validation"` (the evaluated questions are a hashed share
+`data.validation_fraction` of the train split; training uses the rest; no test question is loaded):
+
+1. The answer instruction (`data.answer_instruction`): for each named wording in
+   `prompts.ANSWER_INSTRUCTIONS`, greedy accuracy on the in-domain validation questions (per difficulty
+   level where the domain has levels) and the share of temperature-1 samples the grader can read. The
+   highest greedy accuracy wins; ties go to the higher parse rate.
+2. Training settings: every point of a grid of config overrides (`--grid train.lr=3e-4,1e-3`) trains the
+   configured tasks (S and C by default) on the shared samples and targets and evaluates them on
+   validation, next to the untrained base. The score of a point is the mean over its tasks of the paired
+   gain over base in the task's own discrimination metric (AUC for S, debiased AUC_c for C, AUC and
+   AUC_c for C+S); a point whose answers changed (paired accuracy interval excluding 0) is not chosen.
+
+Writes <workdir>/tune.json and tune.md and prints the table; the chosen values go into the config file
+by hand (configs/demo.py records them with the command that chose them).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metacog_jax import artifacts
+
+log = logging.getLogger(__name__)
+
+TASK_SCORE = {"single": ("auroc",), "pairwise": ("auc_c",), "multitask": ("auroc", "auc_c")}
+
+
+def parse_grid(entries: Sequence[str]) -> dict[str, list[str]]:
+    """``["train.lr=3e-4,1e-3", "train.steps=24"]`` -> ``{"train.lr": ["3e-4", "1e-3"], ...}``."""
+    grid: dict[str, list[str]] = {}
+    for entry in entries:
+        key, sep, values = entry.partition("=")
+        if not sep or not key or not values:
+            raise ValueError(f"--grid {entry!r}: expected FIELD=V1,V2,... (e.g. train.lr=3e-4,1e-3)")
+        if key in grid:
+            raise ValueError(f"--grid names {key!r} twice")
+        grid[key] = [v for v in values.split(",") if v]
+    return grid
+
+
+def grid_points(grid: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def _point_name(point: Mapping[str, str]) -> str:
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "default"
+
+
+def validation_config(config):
+    c = copy.deepcopy(config)
+    c.data.evaluate_on = "validation"
+    return c
+
+
+def choose_instruction(config, workdir: Path, names: Sequence[str] | None = None, k: int = 4) -> dict[str, Any]:
+    """Greedy accuracy and temperature-1 parse rate of each answer instruction on the validation questions."""
+    import jax
+
+    from metacog_jax import pipeline
+    from metacog_jax.data import grading, prompts
+    from metacog_jax.models.build import build_model
+    from metacog_jax.sampling import Sampler, SamplingParams
+
+    c = validation_config(config)
+    loaded = build_model(c)
+    sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=c.sample.batch_size)
+    questions = [q for name, qs in pipeline.load_domain_questions(c, workdir).items() if name in c.data.domains
+                 for q in qs if q.split == "test"]  # the validation carve, labelled "test" for the stages
+    rows = {}
+    for name in names or list(prompts.ANSWER_INSTRUCTIONS):
+        ids = [loaded.tokenizer.encode(prompts.answer_prompt(loaded.tokenizer, q, name), add_special_tokens=False)
+               for q in questions]
+        greedy = sampler.generate(ids, SamplingParams(max_new_tokens=c.sample.max_new_tokens, temperature=0.0),
+                                  jax.random.key(c.seed))
+        sampled = sampler.generate(ids, SamplingParams(max_new_tokens=c.sample.max_new_tokens, temperature=1.0,
+                                                       num_samples=k), jax.random.key(c.seed + 1))
+        correct = [grading.grade(q, row[0].text).correct for q, row in zip(questions, greedy.completions)]
+        parsed = [grading.grade(q, s.text).normalized is not None
+                  for q, row in zip(questions, sampled.completions) for s in row]
+        by_level: dict[str, list[bool]] = {}
+        for q, ok in zip(questions, correct):
+            by_level.setdefault(q.meta.get("difficulty", "all"), []).append(ok)
+        rows[name] = {"instruction": prompts.answer_instruction(name), "n": len(questions),
+                      "greedy_accuracy": float(np.mean(correct)), "sample_parse_rate": float(np.mean(parsed)),
+                      "accuracy_by_level": {lv: float(np.mean(v)) for lv, v in sorted(by_level.items())}}
+        log.info("instruction %s: %s", name, rows[name])
+    best = max(rows, key=lambda n: (rows[n]["greedy_accuracy"], rows[n]["sample_parse_rate"]))
+    return {"candidates": rows, "chosen": best}
+
+
+def tune_training(config, workdir: Path, grid: Mapping[str, Sequence[str]],
+                  tasks: Sequence[str] = ("single", "pairwise")) -> dict[str, Any]:
+    """Train `tasks` at every grid point and evaluate on validation against base; the best point by the
+    mean paired gain in each task's discrimination metric."""
+    from metacog_jax import pipeline
+    from metacog_jax.config_utils import apply_override
+    from metacog_jax.demo import condition_config
+    from metacog_jax.evaluation.paired import ItemRows, paired_differences
+
+    c = validation_config(config)
+    data = workdir / "data"
+    if not (data / "samples" / "DONE").exists():
+        pipeline.stage_sample(c, data)
+        artifacts.write_json(data / "samples" / "DONE", {"done": True})
+    pipeline.stage_targets(c, data)
+    base_run = workdir / "base"
+    if not (base_run / "eval" / "metrics.json").exists():
+        pipeline.stage_eval(condition_config(c, "base"), base_run, data)
+    in_domain = list(c.data.domains)
+    results = []
+    for point in grid_points(grid):
+        pc = copy.deepcopy(c)
+        for key, value in point.items():
+            apply_override(pc, f"{key}={value}")
+        entry: dict[str, Any] = {"point": point, "name": _point_name(point), "tasks": {}}
+        for task in tasks:
+            run = workdir / entry["name"] / task
+            tc = condition_config(pc, task)
+            pipeline.stage_train(tc, run, data)
+            if not (run / "eval" / "metrics.json").exists():
+                pipeline.stage_eval(tc, run, data)
+            diffs = {}
+            for ds in in_domain:
+                d, _ = paired_differences(ItemRows(run / "eval" / f"{ds}.jsonl"),
+                                          ItemRows(base_run / "eval" / f"{ds}.jsonl"), c.eval.n_resamples, c.seed)
+                diffs[ds] = d
+            gains = [diffs[ds][m]["estimate"] for ds in in_domain for m in TASK_SCORE[task]
+                     if diffs[ds].get(m, {}).get("estimate") is not None]
+            changed = any((lo := diffs[ds]["accuracy"]["low"]) is not None and
+                          (hi := diffs[ds]["accuracy"]["high"]) is not None and (lo > 0 or hi < 0)
+                          for ds in in_domain)
+            entry["tasks"][task] = {"differences": diffs, "gain": float(np.mean(gains)) if gains else None,
+                                    "accuracy_changed": changed}
+        gains = [t["gain"] for t in entry["tasks"].values() if t["gain"] is not None]
+        entry["score"] = float(np.mean(gains)) if gains else None
+        entry["eligible"] = entry["score"] is not None and not any(t["accuracy_changed"]
+                                                                   for t in entry["tasks"].values())
+        results.append(entry)
+    eligible = [e for e in results if e["eligible"]]
+    chosen = max(eligible, key=lambda e: e["score"])["name"] if eligible else None
+    return {"points": results, "chosen": chosen}
+
+
+def run_tune(config, workdir: str | Path, grid: Sequence[str] = (), tasks: Sequence[str] = ("single", "pairwise"),
+             instructions: bool = True) -> dict[str, Any]:
+    """Both steps; the training grid runs with the chosen instruction. Writes tune.json and tune.md."""
+    workdir = Path(workdir)
+    out: dict[str, Any] = {"evaluate_on": "validation",
+                           "validation_fraction": float(config.data.validation_fraction)}
+    if instructions:
+        out["instruction"] = choose_instruction(config, workdir)
+        config = copy.deepcopy(config)
+        config.data.answer_instruction = out["instruction"]["chosen"]
+    parsed = parse_grid(grid)
+    if parsed or not instructions:
+        out["training"] = tune_training(config, workdir, parsed, tasks)
+    artifacts.write_json(workdir / "tune.json", out)
+    artifacts.write_text(workdir / "tune.md", format_tune(out))
+    return out
+
+
+def format_tune(out: Mapping[str, Any]) -> str:
+    lines = [f"# Settings chosen on validation (a {out['validation_fraction']:.0%} carve of the train split)", ""]
+    if "instruction" in out:
+        lines += ["## Answer instruction", "", "| name | greedy accuracy | by level | T=1 parse rate |",
+                  "|---|---|---|---|"]
+        for name, r in out["instruction"]["candidates"].items():
+            levels = ", ".join(f"{lv}: {v:.2f}" for lv, v in r["accuracy_by_level"].items())
+            lines.append(f"| {name} | {r['greedy_accuracy']:.3f} (n={r['n']}) | {levels} | "
+                         f"{r['sample_parse_rate']:.2f} |")
+        lines += ["", f"Chosen: **{out['instruction']['chosen']}**", ""]
+    if "training" in out:
+        lines += ["## Training settings", "",
+                  "Gain: paired difference vs base on validation (AUC for S, debiased AUC_c for C).", "",
+                  "| point | task | gain | accuracy changed |", "|---|---|---|---|"]
+        for e in out["training"]["points"]:
+            for task, t in e["tasks"].items():
+                gain = "n/a" if t["gain"] is None else f"{t['gain']:+.3f}"
+                lines.append(f"| {e['name']} | {task} | {gain} | {'yes' if t['accuracy_changed'] else 'no'} |")
+        lines += ["", f"Chosen: **{out['training']['chosen']}**", ""]
+    return "\n".join(lines)
