@@ -25,7 +25,8 @@ TINY = "configs/tiny.py"  # relative to REPO, the subprocesses' working director
 N_TRAIN, N_TEST = 20, 12  # configs/tiny.py's data.n_train, data.n_test
 K = 3  # configs/tiny.py's sample.k
 SINGLE_METRICS = {"accuracy", "mean_confidence", "ece", "ace", "brier", "auroc", "aurc"}
-PAIRWISE_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
+RAW_PAIRWISE_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
+PAIRWISE_METRICS = RAW_PAIRWISE_METRICS | {"bt_auroc", "bt_spearman_consistency"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 from conftest import read_strict_json
@@ -92,7 +93,8 @@ def check_interval(name: str, value: dict) -> None:
         return
     assert all(math.isfinite(value[k]) for k in ("estimate", "low", "high")), (name, value)
     assert value["low"] <= value["high"], (name, value)
-    assert -1e-6 <= value["estimate"] <= 1 + 1e-6, (name, value)  # every metric here lives in [0, 1]
+    lowest = -1 if name.endswith("spearman_consistency") else 0  # a rank correlation; the rest live in [0, 1]
+    assert lowest - 1e-6 <= value["estimate"] <= 1 + 1e-6, (name, value)
 
 
 def check_eval(run: Path, roles: dict[str, str], n_items: dict[str, int]) -> dict:
@@ -103,7 +105,7 @@ def check_eval(run: Path, roles: dict[str, str], n_items: dict[str, int]) -> dic
     for ds, entry in metrics["datasets"].items():
         assert entry["role"] == roles[ds] and entry["n"] == n_items[ds], (ds, entry["role"], entry["n"])
         for block, names in (("single", SINGLE_METRICS), ("single_argmax", SINGLE_METRICS),
-                             ("pairwise", PAIRWISE_METRICS)):
+                             ("pairwise", PAIRWISE_METRICS), ("pairwise_raw", RAW_PAIRWISE_METRICS)):
             assert set(entry[block]["metrics"]) == names, (ds, block)
             for name, value in entry[block]["metrics"].items():
                 check_interval(f"{ds}.{block}.{name}", value)
@@ -116,7 +118,7 @@ def check_eval(run: Path, roles: dict[str, str], n_items: dict[str, int]) -> dic
 
 def check_report(out: Path, stdout: str, conditions: list[str], datasets: list[str]) -> None:
     md = (out / "report.md").read_text()
-    assert "## Main results" in md and "## Task transfer" in md and "## Answer accuracy" in md
+    assert "## Main results" in md and "(task transfer)" in md and "## Answer accuracy" in md
     header = next(line for line in md.splitlines() if line.startswith("| condition |"))
     for ds in datasets:
         for metric in ("ECE", "AUC", "AUC_c", "AUC_a"):

@@ -12,7 +12,7 @@ from metacog_jax.evaluation import metrics, run
 
 SINGLE_METRICS = {"accuracy", "mean_confidence", "ece", "ace", "brier", "auroc", "aurc"}
 RAW_PAIR_METRICS = {"auc_c", "auc_c_auroc", "auc_a", "auc_a_auroc", "q1_choice_rate"}
-PAIR_METRICS = RAW_PAIR_METRICS | {"bt_auroc", "bt_spearman_consistency", "bt_n_items_without_pairs"}
+PAIR_METRICS = RAW_PAIR_METRICS | {"bt_auroc", "bt_spearman_consistency"}
 
 from conftest import read_strict_json
 

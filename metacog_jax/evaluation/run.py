@@ -338,12 +338,15 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
         counts = dict(n=len(pairs), n_questions=len(questions),
                       n_consistency_differs=int(np.sum(consistency[i1] != consistency[i2])),
                       n_mixed=int(np.sum(correct[i1] != correct[i2])), mean_label_mass=float(np.mean(mass)))
+        n_unpaired = int(np.sum(pair_weight == 0))
         entry["pairwise"] = dict(
-            counts, readout="debiased p~ = 1/2 [P(Q1 | A, B) + 1 - P(Q1 | B, A)]",
+            counts, n_questions_without_pairs=n_unpaired,
+            readout="debiased p~ = 1/2 [P(Q1 | A, B) + 1 - P(Q1 | B, A)]",
             bradley_terry="strengths fit to p~ (ridge l2=%g); bt_* metrics score questions by strength" % (
                 bradley_terry.DEFAULT_L2),
             metrics=bootstrap.bootstrap_clustered(pairwise_cluster_stat, len(questions), operands,
                                                   n_resamples, seed))
+        entry["pairwise"]["metrics"].pop("bt_n_items_without_pairs", None)  # a count, kept above
         entry["pairwise_raw"] = dict(
             counts, readout="P(Q1) of one presentation in a seeded random order",
             metrics=bootstrap.bootstrap_clustered(raw_pairwise_cluster_stat, len(questions),
