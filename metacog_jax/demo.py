@@ -86,7 +86,8 @@ def run_demo(config, workdir: str | Path) -> dict:
             _stage(f"train {name}", run / "train" / "DONE", lambda: pipeline.stage_train(c, run, data))
         _stage(f"eval {name}", run / "eval" / "DONE", lambda: pipeline.stage_eval(c, run, data))
         runs[name] = run
-    report = build_report(runs, workdir / "report", base="base")
+    report = build_report(runs, workdir / "report", base="base", n_resamples=config.eval.n_resamples,
+                          seed=config.seed)
     print()
     print(format_main_table(report))
     minutes = (time.perf_counter() - t_start) / 60
