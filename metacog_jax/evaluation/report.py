@@ -75,13 +75,15 @@ def _num(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
-def format_cell(value: Mapping[str, Any] | None) -> str:
-    """'0.123 [0.10, 0.15]' (estimate, 95% interval); 'n/a' when undefined."""
+def format_cell(value: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """'0.123 [0.10, 0.15]' (estimate, 95% interval), or '+0.123 [+0.01, +0.20]' with `signed` (a
+    difference); 'n/a' when undefined."""
     if value is None or _num(value.get("estimate")) is None:
         return "n/a"
     low, high = _num(value.get("low")), _num(value.get("high"))
-    ci = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
-    return f"{value['estimate']:.3f}{ci}"
+    sign = "+" if signed else ""
+    ci = f" [{low:{sign}.2f}, {high:{sign}.2f}]" if low is not None and high is not None else ""
+    return f"{value['estimate']:{sign}.3f}{ci}"
 
 
 def _format_delta(x: float | None) -> str:
@@ -89,12 +91,8 @@ def _format_delta(x: float | None) -> str:
 
 
 def format_diff(value: Mapping[str, Any] | None) -> str:
-    """'+0.123 [+0.01, +0.20]' (a difference and its paired interval); 'n/a' when undefined."""
-    if value is None or _num(value.get("estimate")) is None:
-        return "n/a"
-    low, high = _num(value.get("low")), _num(value.get("high"))
-    ci = f" [{low:+.2f}, {high:+.2f}]" if low is not None and high is not None else ""
-    return f"{value['estimate']:+.3f}{ci}"
+    """A difference and its paired interval: '+0.123 [+0.01, +0.20]'."""
+    return format_cell(value, signed=True)
 
 
 def _counts(e: Mapping[str, Any] | None, key: str) -> tuple[int, ...] | None:
