@@ -194,7 +194,12 @@ def test_unknown_domain_and_split(tfds_dir):
     with pytest.raises(ValueError, match=r"unknown domain 'gsm9k'.*gsm8k.*mmlu_pro"):
         load_questions("gsm9k", DATA, tfds_dir, "test")
     with pytest.raises(ValueError, match="split"):
-        load_questions("gsm8k", DATA, tfds_dir, "validation")
+        load_questions("gsm8k", DATA, tfds_dir, "dev")
+    # "validation" is a carve of train: empty without a fraction, disjoint from test with one.
+    assert load_questions("gsm8k", DATA, tfds_dir, "validation") == []
+    val = load_questions("gsm8k", DATA, tfds_dir, "validation", validation_fraction=0.2)
+    test_ids = {q.id for q in load_questions("gsm8k", DATA, tfds_dir, "test")}
+    assert val and all(q.split == "validation" for q in val) and not test_ids & {q.id for q in val}
 
 
 def test_missing_manual_dir_says_where_and_how(tmp_path):
