@@ -134,6 +134,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="config values to try (repeatable; the grid is their product), e.g. train.lr=3e-4,1e-3")
     tune.add_argument("--tasks", default="single,pairwise", help="tasks trained at each point (default: %(default)s)")
     tune.add_argument("--no_instructions", action="store_true", help="keep the config's answer instruction")
+    tune.add_argument("--temperatures", default="", metavar="T1,T2",
+                      help="sampling temperatures to compare by how well their targets track greedy correctness "
+                           "(e.g. 1.0,0.7,0.5; default: keep the config's)")
     return parser, subs
 
 
@@ -242,8 +245,12 @@ def _run(cmd, args, spec, overrides) -> int:
     if cmd == "tune":
         from metacog_jax.tuning import format_tune, run_tune
 
+        try:
+            temperatures = tuple(float(t) for t in args.temperatures.split(",") if t)
+        except ValueError:
+            raise SystemExit(f"metacog tune: --temperatures={args.temperatures!r}: expected numbers like 1.0,0.7")
         out = run_tune(config, workdir, args.grid, tuple(t for t in args.tasks.split(",") if t),
-                       instructions=not args.no_instructions)
+                       instructions=not args.no_instructions, temperatures=temperatures)
         print(format_tune(out))
         return 0
     from metacog_jax.config_utils import save_config

@@ -1,13 +1,21 @@
 """`metacog tune`: choose settings on a validation split carved from train, never on test.
 
-Two steps, both on `data.evaluate_on="validation"` (the evaluated questions are a hashed share
-`data.validation_fraction` of the train split; training uses the rest; no test question is loaded):
+Three steps, all on `data.evaluate_on="validation"` (the evaluated questions are a hashed share
+`data.validation_fraction` of the train split; training uses the rest; no test question is loaded; only
+the in-domain sets are used, so out-of-domain sets are never sampled here):
 
 1. The answer instruction (`data.answer_instruction`): for each named wording in
    `prompts.ANSWER_INSTRUCTIONS`, greedy accuracy on the in-domain validation questions (per difficulty
    level where the domain has levels) and the share of temperature-1 samples the grader can read. The
    highest greedy accuracy wins; ties go to the higher parse rate.
-2. Training settings: every point of a grid of config overrides (`--grid train.lr=3e-4,1e-3`) trains the
+2. The sampling temperature (`sample.temperature`, `--temperatures 1.0,0.7,0.5`): the K samples at each
+   temperature give every question a consistency and a target (consistency-bin accuracy, bins fit on
+   the train part). The temperature whose validation targets best separate the questions the model
+   answers right (greedy) from those it answers wrong wins (AUROC of the target against greedy
+   correctness; the greedy answers do not depend on the temperature, so every candidate is judged on
+   the same answers); ties go to the higher temperature. A target that cannot tell right from wrong
+   cannot teach discrimination: at temperature 1 a small model's samples are close to noise.
+3. Training settings: every point of a grid of config overrides (`--grid train.lr=3e-4,1e-3`) trains the
    configured tasks (S and C by default) on the shared samples and targets and evaluates them on
    validation, next to the untrained base. The score of a point is the mean over its tasks of the paired
    gain over base in the task's own discrimination metric (AUC for S, debiased AUC_c for C, AUC and
@@ -58,9 +66,89 @@ def _point_name(point: Mapping[str, str]) -> str:
 
 
 def validation_config(config):
+    """The config on the validation carve, in-domain sets only (tuning looks only in domain)."""
     c = copy.deepcopy(config)
     c.data.evaluate_on = "validation"
+    c.data.ood_domains = ()
     return c
+
+
+def data_dir(workdir: Path, temperature: float) -> Path:
+    """Samples and targets of one sampling temperature (shared by the temperature and training steps)."""
+    return Path(workdir) / f"data_T{float(temperature):g}"
+
+
+def _sample_and_targets(c, data: Path, model=None) -> None:
+    from metacog_jax import pipeline
+
+    if not (data / "samples" / "DONE").exists():
+        pipeline.stage_sample(c, data, model=model)
+        artifacts.write_json(data / "samples" / "DONE", {"done": True})
+    pipeline.stage_targets(c, data)
+
+
+def target_quality(data: Path, n_resamples: int = 500, seed: int = 0) -> dict[str, Any]:
+    """How well the targets of one sampling run track greedy correctness on the validation questions.
+
+    Returns AUROC of the un-jittered target (``target_raw``) and of raw consistency against greedy
+    correctness, with 95% bootstrap intervals, the counts they rest on, the share of questions whose
+    modal answer is the greedy answer, and the spread (standard deviation) of the train targets."""
+    from metacog_jax.data import targets as targets_lib
+    from metacog_jax.evaluation import metrics
+    from metacog_jax.evaluation.bootstrap import bootstrap_ci
+
+    single, _, _ = targets_lib.read_targets(data)
+    samples, _ = targets_lib.load_sampled(data)
+    by_id = {s["id"]: s for s in samples}
+    val = [r for r in single if r["split"] == "test"]  # the validation carve, labelled "test"
+    train = [r for r in single if r["split"] == "train"]
+    if not val or not train:
+        raise ValueError(f"{data}: targets need train and validation questions (got {len(train)} and {len(val)})")
+    missing = [r["question_id"] for r in val if by_id.get(r["question_id"], {}).get("greedy") is None]
+    if missing:
+        raise ValueError(f"{data}: no greedy answer for validation question(s) {missing[:3]}")
+    correct = np.array([by_id[r["question_id"]]["greedy"]["correct"] for r in val], dtype=np.float32)
+    out: dict[str, Any] = {"n_correct": int(correct.sum()), "n_wrong": int(len(correct) - correct.sum())}
+    for name, field in (("target_auroc", "target_raw"), ("consistency_auroc", "consistency")):
+        score = np.array([r[field] for r in val], dtype=np.float32)
+        point, low, high = bootstrap_ci(metrics.auroc, (score, correct), n_resamples, seed)
+        out[name] = {"estimate": point, "low": low, "high": high}
+    out["modal_is_greedy"] = float(np.mean([by_id[r["question_id"]]["modal_answer"] ==
+                                            by_id[r["question_id"]]["greedy"]["answer"] for r in val]))
+    out["train_target_std"] = float(np.std([r["target_raw"] for r in train]))
+    out["train_target_mean"] = float(np.mean([r["target_raw"] for r in train]))
+    return out
+
+
+def _or_minus_inf(x) -> float:
+    """An undefined AUROC (no right or no wrong answer) never wins."""
+    return float("-inf") if x is None or x != x else float(x)
+
+
+def _fmt_interval(m: Mapping[str, Any]) -> str:
+    if m["estimate"] is None or m["estimate"] != m["estimate"]:
+        return "undefined"
+    return f"{m['estimate']:.3f} [{m['low']:.2f}, {m['high']:.2f}]"
+
+
+def choose_temperature(config, workdir: Path, temperatures: Sequence[float]) -> dict[str, Any]:
+    """Sample at each temperature and judge its targets on validation (see the module docstring)."""
+    from metacog_jax.models.build import build_model
+
+    c = validation_config(config)
+    loaded = build_model(c)
+    rows = {}
+    for t in temperatures:
+        tc = copy.deepcopy(c)
+        tc.sample.temperature = float(t)
+        data = data_dir(workdir, t)
+        _sample_and_targets(tc, data, model=loaded)
+        rows[f"{float(t):g}"] = target_quality(data, c.eval.n_resamples, c.seed)
+        log.info("temperature %g: %s", t, rows[f"{float(t):g}"])
+    if not rows:
+        raise ValueError("--temperatures: give at least one temperature")
+    best = max(rows, key=lambda t: (_or_minus_inf(rows[t]["target_auroc"]["estimate"]), float(t)))
+    return {"candidates": rows, "chosen": float(best)}
 
 
 def choose_instruction(config, workdir: Path, names: Sequence[str] | None = None, k: int = 4) -> dict[str, Any]:
@@ -109,11 +197,8 @@ def tune_training(config, workdir: Path, grid: Mapping[str, Sequence[str]],
     from metacog_jax.evaluation.paired import ItemRows, paired_differences
 
     c = validation_config(config)
-    data = workdir / "data"
-    if not (data / "samples" / "DONE").exists():
-        pipeline.stage_sample(c, data)
-        artifacts.write_json(data / "samples" / "DONE", {"done": True})
-    pipeline.stage_targets(c, data)
+    data = data_dir(workdir, c.sample.temperature)
+    _sample_and_targets(c, data)
     base_run = workdir / "base"
     if not (base_run / "eval" / "metrics.json").exists():
         pipeline.stage_eval(condition_config(c, "base"), base_run, data)
@@ -153,8 +238,9 @@ def tune_training(config, workdir: Path, grid: Mapping[str, Sequence[str]],
 
 
 def run_tune(config, workdir: str | Path, grid: Sequence[str] = (), tasks: Sequence[str] = ("single", "pairwise"),
-             instructions: bool = True) -> dict[str, Any]:
-    """Both steps; the training grid runs with the chosen instruction. Writes tune.json and tune.md."""
+             instructions: bool = True, temperatures: Sequence[float] = ()) -> dict[str, Any]:
+    """The steps asked for; the training grid runs with the chosen instruction and temperature.
+    Writes tune.json and tune.md."""
     workdir = Path(workdir)
     out: dict[str, Any] = {"evaluate_on": "validation",
                            "validation_fraction": float(config.data.validation_fraction)}
@@ -162,6 +248,10 @@ def run_tune(config, workdir: str | Path, grid: Sequence[str] = (), tasks: Seque
         out["instruction"] = choose_instruction(config, workdir)
         config = copy.deepcopy(config)
         config.data.answer_instruction = out["instruction"]["chosen"]
+    if temperatures:
+        out["temperature"] = choose_temperature(config, workdir, temperatures)
+        config = copy.deepcopy(config)
+        config.sample.temperature = out["temperature"]["chosen"]
     parsed = parse_grid(grid)
     if parsed or not instructions:
         out["training"] = tune_training(config, workdir, parsed, tasks)
@@ -180,6 +270,18 @@ def format_tune(out: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {r['greedy_accuracy']:.3f} (n={r['n']}) | {levels} | "
                          f"{r['sample_parse_rate']:.2f} |")
         lines += ["", f"Chosen: **{out['instruction']['chosen']}**", ""]
+    if "temperature" in out:
+        lines += ["## Sampling temperature", "",
+                  "AUROC against greedy correctness on validation of the target (consistency-bin accuracy) and of "
+                  "raw consistency; modal = greedy: share of questions whose modal sample is the greedy answer; "
+                  "spread: standard deviation of the train targets.", "",
+                  "| temperature | target AUROC | consistency AUROC | modal = greedy | train target mean / spread |",
+                  "|---|---|---|---|---|"]
+        for t, r in out["temperature"]["candidates"].items():
+            lines.append(f"| {t} | {_fmt_interval(r['target_auroc'])} ({r['n_correct']}/{r['n_wrong']}) | "
+                         f"{_fmt_interval(r['consistency_auroc'])} | "
+                         f"{r['modal_is_greedy']:.2f} | {r['train_target_mean']:.3f} / {r['train_target_std']:.3f} |")
+        lines += ["", f"Chosen: **{out['temperature']['chosen']:g}**", ""]
     if "training" in out:
         lines += ["## Training settings", "",
                   "Gain: paired difference vs base on validation (AUC for S, debiased AUC_c for C).", "",

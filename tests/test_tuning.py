@@ -90,8 +90,28 @@ def test_grid_parsing():
 @pytest.mark.slow
 def test_tune_end_to_end_on_the_tiny_model(tmp_path):
     c = config_utils.load_config("configs/tiny.py:task=single")
-    out = tuning.run_tune(c, tmp_path, grid=["train.lr=1e-3"], tasks=("single",))
+    out = tuning.run_tune(c, tmp_path, grid=["train.lr=1e-3"], tasks=("single",), temperatures=(1.0, 0.5))
     assert out["instruction"]["chosen"] in prompts.ANSWER_INSTRUCTIONS
+    # The temperature step: each candidate's target AUROC is the Mann-Whitney statistic of its validation
+    # targets against greedy correctness, the winner has the largest, and training used its samples.
+    temps = out["temperature"]["candidates"]
+    assert set(temps) == {"1", "0.5"}
+    for t, row in temps.items():
+        data = tuning.data_dir(tmp_path, float(t))
+        greedy = {json.loads(line)["id"]: json.loads(line)["greedy"]["correct"]
+                  for line in (data / "samples" / "arithmetic.jsonl").open()}
+        val = [json.loads(line) for line in (data / "targets" / "single.jsonl").open()]
+        val = [r for r in val if r["split"] == "test"]
+        pos = [r["target_raw"] for r in val if greedy[r["question_id"]]]
+        neg = [r["target_raw"] for r in val if not greedy[r["question_id"]]]
+        assert (row["n_correct"], row["n_wrong"]) == (len(pos), len(neg))
+        if pos and neg:
+            mw = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+            assert row["target_auroc"]["estimate"] == pytest.approx(mw, abs=1e-5)
+    auc = {t: r["target_auroc"]["estimate"] for t, r in temps.items()}
+    best = max(temps, key=lambda t: (-1.0 if auc[t] is None or auc[t] != auc[t] else auc[t], float(t)))
+    assert out["temperature"]["chosen"] == float(best)
+    assert (tuning.data_dir(tmp_path, float(best)) / "samples" / "DONE").exists()
     assert set(out["instruction"]["candidates"]) == set(prompts.ANSWER_INSTRUCTIONS)
     point = out["training"]["points"][0]
     assert point["name"] == "lr=1e-3" and "auroc" in point["tasks"]["single"]["differences"]["arithmetic"]
@@ -100,7 +120,7 @@ def test_tune_end_to_end_on_the_tiny_model(tmp_path):
     # Only validation questions were sampled: none of them is a test question of the final run.
     final = {q.meta["canonical"] for q in pipeline.load_domain_questions(c, tmp_path / "x")["arithmetic"]
              if q.split == "test"}
-    sampled = {json.loads(line)["id"] for line in (tmp_path / "data" / "samples" / "arithmetic.jsonl").open()}
-    questions = {json.loads(line)["id"]: json.loads(line) for line in
-                 (tmp_path / "data" / "questions" / "arithmetic.jsonl").open()}
+    data = tuning.data_dir(tmp_path, out["temperature"]["chosen"])
+    sampled = {json.loads(line)["id"] for line in (data / "samples" / "arithmetic.jsonl").open()}
+    questions = {json.loads(line)["id"]: json.loads(line) for line in (data / "questions" / "arithmetic.jsonl").open()}
     assert not final & {questions[i]["meta"]["canonical"] for i in sampled}
