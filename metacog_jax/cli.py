@@ -129,7 +129,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     study_export.add_argument("--out", default=None, help="CSV file (default: ratings.csv)")
 
     stage("demo", "demo directory: data/, one run per condition, report/", data_dir=True)
-    tune = stage("tune", "tuning directory: data/, base/, one run per grid point and task, tune.md", data_dir=True)
+    tune = stage("tune", "tuning directory: data_T<t>/ per sampling temperature, runs_T<t>/ (base and one run "
+                         "per grid point and task), tune.md", data_dir=True)
     tune.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                       help="config values to try (repeatable; the grid is their product), e.g. train.lr=3e-4,1e-3")
     tune.add_argument("--tasks", default="single,pairwise", help="tasks trained at each point (default: %(default)s)")

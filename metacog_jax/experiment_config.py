@@ -83,6 +83,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.targets = ml_collections.ConfigDict()
     c.targets.mode = "binned_accuracy"  # binned_accuracy | consistency | correctness
+    # The answer a completion carries and whose correctness fits the bins: modal (METHOD) | greedy (the
+    # model's own greedy answer, the one the evaluation scores; data/targets.py).
+    c.targets.answer_source = "modal"
     c.targets.n_bins = 10
     c.targets.jitter = 0.05
     c.targets.balance = True
@@ -178,7 +181,8 @@ def _validate_targets(c: ml_collections.ConfigDict) -> None:
     from metacog_jax.data import pairs, targets
 
     t = c.targets
-    for name, allowed in (("mode", targets.MODES), ("pair_label", targets.PAIR_LABELS),
+    for name, allowed in (("mode", targets.MODES), ("answer_source", targets.ANSWER_SOURCES),
+                          ("pair_label", targets.PAIR_LABELS),
                           ("pair_scope", pairs.SCOPES), ("pair_orders", pairs.ORDERS)):
         if t[name] not in allowed:
             raise ValueError(f"config targets.{name}={t[name]!r}; choose one of {', '.join(allowed)}")

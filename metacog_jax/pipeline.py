@@ -94,7 +94,7 @@ def stage_targets(config, data_workdir: str | Path) -> dict:
         balance_factor=t.balance_factor, max_per_bin=t.max_per_bin or None,
         pairs_per_question=t.pairs_per_question, pair_scope=t.pair_scope, pair_label=t.pair_label,
         per_domain_bins=t.per_domain_bins, seed=config.seed, domain_weights=weights, domain_caps=caps,
-        pair_orders=t.pair_orders)
+        pair_orders=t.pair_orders, answer_source=t.answer_source)
     targets_lib.write_targets(data_workdir, single, pairwise, summary)
     return summary
 

@@ -16,7 +16,8 @@ the in-domain sets are used, so out-of-domain sets are never sampled here):
    the same answers); ties go to the higher temperature. A target that cannot tell right from wrong
    cannot teach discrimination: at temperature 1 a small model's samples are close to noise.
 3. Training settings: every point of a grid of config overrides (`--grid train.lr=3e-4,1e-3`) trains the
-   configured tasks (S and C by default) on the shared samples and targets and evaluates them on
+   configured tasks (S and C by default) on the shared samples and targets (a point that sets a
+   `targets.*` option builds its own targets from the shared samples) and evaluates them on
    validation, next to the untrained base. The score of a point is the mean over its tasks of the paired
    gain over base in the task's own discrimination metric (AUC for S, debiased AUC_c for C, AUC and
    AUC_c for C+S); a point whose answers changed (paired accuracy interval excluding 0) is not chosen.
@@ -74,7 +75,8 @@ def validation_config(config):
 
 
 def data_dir(workdir: Path, temperature: float) -> Path:
-    """Samples and targets of one sampling temperature (shared by the temperature and training steps)."""
+    """Samples and targets of one sampling temperature (shared by the temperature and training steps);
+    the runs trained on them (base and one per grid point and task) go to the sibling ``runs_T<t>``."""
     return Path(workdir) / f"data_T{float(temperature):g}"
 
 
@@ -187,6 +189,21 @@ def choose_instruction(config, workdir: Path, names: Sequence[str] | None = None
     return {"candidates": rows, "chosen": best}
 
 
+def _point_data(config, data: Path, point_dir: Path) -> Path:
+    """A data dir for a grid point that changes target options: the shared samples and questions (linked)
+    and the point's own targets."""
+    from metacog_jax import pipeline
+
+    out = point_dir / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("samples", "questions"):
+        link = out / name
+        if not link.exists():
+            link.symlink_to((data / name).resolve(), target_is_directory=True)
+    pipeline.stage_targets(config, out)
+    return out
+
+
 def tune_training(config, workdir: Path, grid: Mapping[str, Sequence[str]],
                   tasks: Sequence[str] = ("single", "pairwise")) -> dict[str, Any]:
     """Train `tasks` at every grid point and evaluate on validation against base; the best point by the
@@ -199,7 +216,8 @@ def tune_training(config, workdir: Path, grid: Mapping[str, Sequence[str]],
     c = validation_config(config)
     data = data_dir(workdir, c.sample.temperature)
     _sample_and_targets(c, data)
-    base_run = workdir / "base"
+    runs = data.parent / data.name.replace("data_", "runs_")  # the runs trained on these samples
+    base_run = runs / "base"
     if not (base_run / "eval" / "metrics.json").exists():
         pipeline.stage_eval(condition_config(c, "base"), base_run, data)
     in_domain = list(c.data.domains)
@@ -209,12 +227,14 @@ def tune_training(config, workdir: Path, grid: Mapping[str, Sequence[str]],
         for key, value in point.items():
             apply_override(pc, f"{key}={value}")
         entry: dict[str, Any] = {"point": point, "name": _point_name(point), "tasks": {}}
+        point_data = _point_data(pc, data, runs / entry["name"]) if any(k.startswith("targets.") for k in point) \
+            else data
         for task in tasks:
-            run = workdir / entry["name"] / task
+            run = runs / entry["name"] / task
             tc = condition_config(pc, task)
-            pipeline.stage_train(tc, run, data)
+            pipeline.stage_train(tc, run, point_data)
             if not (run / "eval" / "metrics.json").exists():
-                pipeline.stage_eval(tc, run, data)
+                pipeline.stage_eval(tc, run, point_data)
             diffs = {}
             for ds in in_domain:
                 d, _ = paired_differences(ItemRows(run / "eval" / f"{ds}.jsonl"),

@@ -16,7 +16,7 @@ def _question(i: int) -> Question:
 def _single(i: int, domain: str = "arithmetic") -> dict:
     consistency = (i % 5) / 4
     return {"question_id": f"q{i:02d}", "domain": domain, "bin": i % 5, "consistency": consistency,
-            "target": 0.1 * (i % 3), "target_raw": 0.1 * (i % 3), "answer": str(i + 1), "modal_correct": i % 2 == 0}
+            "target": 0.1 * (i % 3), "target_raw": 0.1 * (i % 3), "answer": str(i + 1), "answer_correct": i % 2 == 0}
 
 
 def test_evaluation_pairs_distinct_and_reproducible():
@@ -94,7 +94,7 @@ def test_both_orders_mirror_each_pair_with_the_label_flipped():
         a, b = by_id[p["q1"]], by_id[p["q2"]]
         assert p["choice"] == ("Q1" if a["consistency"] > b["consistency"] else "Q2")
         assert p["consistency"] == [a["consistency"], b["consistency"]] and p["bins"] == [a["bin"], b["bin"]]
-        assert p["answers"] == [a["answer"], b["answer"]] and p["correct"] == [a["modal_correct"], b["modal_correct"]]
+        assert p["answers"] == [a["answer"], b["answer"]] and p["correct"] == [a["answer_correct"], b["answer_correct"]]
     assert sum(p["choice"] == "Q1" for p in both) * 2 == len(both)  # position says nothing about the label
     # each ordered pair once, each unordered pair in exactly its two orders
     assert len({(p["q1"], p["q2"]) for p in both}) == len(both)

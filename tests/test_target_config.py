@@ -15,7 +15,8 @@ from metacog_jax.experiment_config import default_config, domain_values, validat
 K = 5
 # config field -> build_targets parameter (the same name unless noted)
 OPTIONS = ("n_bins", "jitter", "mode", "balance", "balance_factor", "max_per_bin", "pairs_per_question",
-           "pair_scope", "pair_label", "per_domain_bins", "domain_weights", "domain_caps", "pair_orders")
+           "pair_scope", "pair_label", "per_domain_bins", "domain_weights", "domain_caps", "pair_orders",
+           "answer_source")
 
 
 def tiny(*overrides: str):
@@ -43,14 +44,14 @@ def test_every_field_overrides_from_the_command_line():
             "--config.targets.pair_label=bin_accuracy", "--config.targets.pair_scope", "all",
             "--config.targets.per_domain_bins=false", "--config.targets.balance_factor=1.5",
             "--config.targets.domain_weights=arithmetic=1,gsm8k=2.5", "--config.targets.domain_caps=gsm8k=300",
-            "--config.targets.pair_orders=both"]
+            "--config.targets.pair_orders=both", "--config.targets.answer_source=greedy"]
     spec, overrides, rest = config_utils.split_config_argv(argv)
     c = config_utils.load_config(spec, overrides)
     validate(c)
     t = c.targets
     assert rest == ["targets"]
     assert (t.pair_label, t.pair_scope, t.per_domain_bins, t.pair_orders) == ("bin_accuracy", "all", False, "both")
-    assert t.balance_factor == 1.5
+    assert t.balance_factor == 1.5 and t.answer_source == "greedy"
     assert t.domain_weights == ("arithmetic=1", "gsm8k=2.5") and t.domain_caps == ("gsm8k=300",)
     assert domain_values(t.domain_weights, "w") == {"arithmetic": 1.0, "gsm8k": 2.5}
     assert domain_values(t.domain_caps, "c", int) == {"gsm8k": 300}
@@ -72,6 +73,7 @@ def test_every_field_overrides_from_the_command_line():
     (["targets.pair_scope=world"], r"targets\.pair_scope='world'"),
     (["targets.pair_orders=twice"], r"targets\.pair_orders='twice'; choose one of random, both"),
     (["targets.mode=accuracy"], r"targets\.mode='accuracy'"),
+    (["targets.answer_source=best"], r"targets\.answer_source='best'; choose one of modal, greedy"),
     (["targets.balance_factor=0"], r"targets\.balance_factor=0\.0 must be > 0"),
     (["targets.domain_weights=arithmetic"], r"targets\.domain_weights: entry 'arithmetic' is not name=value"),
     (["targets.domain_weights=arithmetic=1,arithmetic=2,gsm8k=1"], r"targets\.domain_weights: domain "
@@ -113,12 +115,12 @@ def test_stage_targets_passes_every_option(monkeypatch, tmp_path):
              "targets.balance_factor=3.0", "targets.max_per_bin=7", "targets.pairs_per_question=2",
              "targets.pair_scope=all", "targets.pair_label=target", "targets.per_domain_bins=false",
              "targets.domain_weights=arithmetic=1,gsm8k=2", "targets.domain_caps=gsm8k=9",
-             "targets.pair_orders=both", "seed=3")
+             "targets.pair_orders=both", "targets.answer_source=greedy", "seed=3")
     assert pipeline.stage_targets(c, tmp_path) == {"fake": True}
     assert seen == dict(n_bins=5, jitter=0.01, mode="consistency", balance=False, balance_factor=3.0, max_per_bin=7,
                         pairs_per_question=2, pair_scope="all", pair_label="target", per_domain_bins=False,
                         domain_weights={"arithmetic": 1.0, "gsm8k": 2.0}, domain_caps={"gsm8k": 9},
-                        pair_orders="both", seed=3)
+                        pair_orders="both", answer_source="greedy", seed=3)
     assert set(OPTIONS) <= set(seen)
     seen.clear()
     pipeline.stage_targets(tiny(), tmp_path)  # defaults: no mappings, the builder's rule for the bin cap

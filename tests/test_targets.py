@@ -109,6 +109,35 @@ def test_modes():
     assert build_targets(test_only, tq, mode="consistency", pairs_per_question=0)[0][0]["bin_accuracy"] is None
 
 
+def test_greedy_answer_source_carries_the_greedy_answer_and_fits_bins_on_its_correctness():
+    # Bin 3: the modal answer is right on a and b, the greedy answer only on a; bin 9: c, greedy wrong.
+    samples, questions = make([("a", "train", 0.3, True), ("b", "train", 0.3, True), ("c", "train", 0.9, True)])
+    greedy = {"math/a": ("1", True), "math/b": ("7", False), "math/c": ("8", False)}
+    for s in samples:
+        s["greedy"] = {"text": "", "answer": greedy[s["id"]][0], "correct": greedy[s["id"]][1]}
+    kw = dict(jitter=0.0, balance=False, pairs_per_question=1, seed=0)
+    modal, modal_pairs, _ = build_targets(samples, questions, **kw)
+    single, pairs, summary = build_targets(samples, questions, answer_source="greedy", **kw)
+    m, g = by_id(modal), by_id(single)
+    assert [m[q]["target"] for q in ("math/a", "math/b", "math/c")] == [1.0, 1.0, 1.0]
+    assert [g[q]["target"] for q in ("math/a", "math/b", "math/c")] == [0.5, 0.5, 0.0]
+    assert [g[q]["answer"] for q in ("math/a", "math/b", "math/c")] == ["1", "7", "8"]
+    assert [g[q]["answer_correct"] for q in ("math/a", "math/b", "math/c")] == [True, False, False]
+    assert all(g[q]["modal_correct"] for q in g) and summary["answer_source"] == "greedy"
+    assert summary["splits"]["train"]["answer_accuracy"] == pytest.approx(1 / 3)
+    assert summary["splits"]["train"]["modal_accuracy"] == 1.0
+    assert build_targets(samples, questions, answer_source="greedy", mode="correctness", **kw)[0][1]["target"] == 0.0
+    for p in pairs:  # pair answers and correctness follow the source too
+        assert p["answers"] == [g[p["q1"]]["answer"], g[p["q2"]]["answer"]]
+        assert p["correct"] == [g[p["q1"]]["answer_correct"], g[p["q2"]]["answer_correct"]]
+    assert modal_pairs and all(p["answers"] == [m[p["q1"]]["answer"], m[p["q2"]]["answer"]] for p in modal_pairs)
+    with pytest.raises(TargetError, match="answer_source"):
+        build_targets(samples, questions, answer_source="best")
+    del samples[0]["greedy"]
+    with pytest.raises(TargetError, match="'math/a' has no greedy answer"):
+        build_targets(samples, questions, answer_source="greedy")
+
+
 def test_balancing_caps_target_bins_and_counts_the_rest():
     # Targets are bin accuracies: consistency 1.0 -> all correct (target bin 9, 30 items),
     # 0.0 -> all wrong (bin 0, 10 items), 0.5 -> half correct (bin 5, 4 items).

@@ -90,7 +90,8 @@ def test_grid_parsing():
 @pytest.mark.slow
 def test_tune_end_to_end_on_the_tiny_model(tmp_path):
     c = config_utils.load_config("configs/tiny.py:task=single")
-    out = tuning.run_tune(c, tmp_path, grid=["train.lr=1e-3"], tasks=("single",), temperatures=(1.0, 0.5))
+    out = tuning.run_tune(c, tmp_path, grid=["train.lr=1e-3", "targets.answer_source=greedy"], tasks=("single",),
+                          temperatures=(1.0, 0.5))
     assert out["instruction"]["chosen"] in prompts.ANSWER_INSTRUCTIONS
     # The temperature step: each candidate's target AUROC is the Mann-Whitney statistic of its validation
     # targets against greedy correctness, the winner has the largest, and training used its samples.
@@ -114,7 +115,14 @@ def test_tune_end_to_end_on_the_tiny_model(tmp_path):
     assert (tuning.data_dir(tmp_path, float(best)) / "samples" / "DONE").exists()
     assert set(out["instruction"]["candidates"]) == set(prompts.ANSWER_INSTRUCTIONS)
     point = out["training"]["points"][0]
-    assert point["name"] == "lr=1e-3" and "auroc" in point["tasks"]["single"]["differences"]["arithmetic"]
+    assert point["name"] == "lr=1e-3,answer_source=greedy"
+    assert "auroc" in point["tasks"]["single"]["differences"]["arithmetic"]
+    # A point that sets a target option trains on its own targets, built from the shared samples.
+    runs = tmp_path / f"runs_T{out['temperature']['chosen']:g}"
+    summary = json.loads((runs / point["name"] / "data" / "targets" / "summary.json").read_text())
+    assert summary["answer_source"] == "greedy"
+    assert (runs / point["name"] / "data" / "samples").resolve() == \
+        (tuning.data_dir(tmp_path, out["temperature"]["chosen"]) / "samples").resolve()
     assert json.loads((tmp_path / "tune.json").read_text())["evaluate_on"] == "validation"
     assert "Chosen:" in (tmp_path / "tune.md").read_text()
     # Only validation questions were sampled: none of them is a test question of the final run.

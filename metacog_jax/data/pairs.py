@@ -71,7 +71,7 @@ def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_p
 
     Args:
       single: target records (``question_id, domain, bin, consistency, target, target_raw, answer,
-        modal_correct``) of one split.
+        answer_correct``) of one split.
       questions: Question records by id (for the shown order).
       n_pairs: partners drawn per question.
       scope: "domain" (partners from the same domain) or "all".
@@ -130,7 +130,7 @@ def training_pairs(single: list[dict], questions: Mapping[str, Question], *, n_p
                     "answers": [r1["answer"], r2["answer"]],
                     "targets": [r1["target"], r2["target"]],
                     "consistency": [r1["consistency"], r2["consistency"]],
-                    "correct": [r1["modal_correct"], r2["modal_correct"]],
+                    "correct": [r1["answer_correct"], r2["answer_correct"]],
                     "bins": [r1["bin"], r2["bin"]],
                 }
                 out.append(record)

@@ -13,6 +13,13 @@ Single-question targets
     clamped to [0, 1]. u is drawn from a generator seeded by (seed, question id), so a question's
     target does not depend on which other questions are in the run.
 
+    Answer source (ours): with ``answer_source="greedy"`` a completion carries the question's greedy
+    answer instead of the modal one, and the bins hold the accuracy of the greedy answers (the target then
+    estimates P(greedy answer correct), the quantity the evaluation scores); consistency stays the
+    share of samples equal to the modal answer. Training on the model's own greedy answers keeps the
+    answer tokens a copy of what it already says, where a modal answer that differs from the greedy one
+    teaches a different answer.
+
     Empty train bins (ours): a bin with no train questions takes the accuracy of the nearest non-empty
     bin (by bin index); when two are equally near, the mean of the two.
 
@@ -66,6 +73,9 @@ from metacog_jax.data import records, splits
 from metacog_jax.data.records import Question
 
 MODES = ("binned_accuracy", "consistency", "correctness")
+# Which answer a training completion carries (and whose correctness the bins, mode "correctness" and the
+# pairs' "correct" use): METHOD's modal sampled answer, or the model's own greedy answer (ours).
+ANSWER_SOURCES = ("modal", "greedy")
 # pair_label values: the pairs.LABEL_SOURCES plus aliases (alias -> (label source, the mode it needs)).
 PAIR_LABEL_ALIASES = {"bin_accuracy": ("target", "binned_accuracy")}
 PAIR_LABELS = (*pairs_lib.LABEL_SOURCES, *PAIR_LABEL_ALIASES)
@@ -107,23 +117,25 @@ def fill_empty_bins(accuracy: Sequence[float | None]) -> list[float | None]:
     return filled
 
 
-def fit_bins(items: Iterable[Mapping[str, Any]], n_bins: int = 10) -> dict[str, list]:
-    """Bin counts and modal-answer accuracy per consistency bin.
+def fit_bins(items: Iterable[Mapping[str, Any]], n_bins: int = 10, correct: str = "modal_correct"
+             ) -> dict[str, list]:
+    """Bin counts and answer accuracy per consistency bin.
 
     Args:
-      items: records with ``consistency`` and ``modal_correct`` (train questions).
+      items: records with ``consistency`` and the field ``correct`` (train questions).
       n_bins: number of equal-width bins.
+      correct: the field holding the answer's correctness (``modal_correct`` by default).
 
     Returns:
       ``{"counts": [n_bins] int, "accuracy": [n_bins] float | None (empty), "filled": [n_bins] float |
       None}`` where ``filled`` applies :func:`fill_empty_bins`.
     """
-    counts, correct = [0] * n_bins, [0] * n_bins
+    counts, n_right = [0] * n_bins, [0] * n_bins
     for item in items:
         b = bin_index(item["consistency"], n_bins)
         counts[b] += 1
-        correct[b] += bool(item["modal_correct"])
-    accuracy = [correct[b] / counts[b] if counts[b] else None for b in range(n_bins)]
+        n_right[b] += bool(item[correct])
+    accuracy = [n_right[b] / counts[b] if counts[b] else None for b in range(n_bins)]
     return {"counts": counts, "accuracy": accuracy, "filled": fill_empty_bins(accuracy)}
 
 
@@ -168,6 +180,17 @@ def _validated(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, Que
 
 
 # -- the builder --------------------------------------------------------------------------------------------
+def _with_answer(s: Mapping[str, Any], source: str) -> dict:
+    """A copy of sample line ``s`` with ``answer`` and ``answer_correct`` taken from ``source``."""
+    if source == "modal":
+        return dict(s, answer=s["modal_answer"], answer_correct=s["modal_correct"])
+    g = s.get("greedy")
+    if not isinstance(g, Mapping) or "answer" not in g or not isinstance(g.get("correct"), bool):
+        raise TargetError(f"sample {s['id']!r} has no greedy answer; answer_source='greedy' needs samples drawn "
+                          f"with a greedy answer (the default of the sample stage)")
+    return dict(s, answer=g["answer"], answer_correct=g["correct"])
+
+
 def _subsample(ids: list[str], keep: int, salt: str) -> tuple[list[str], list[str]]:
     """(kept, dropped): the ``keep`` ids first in a seeded hash order."""
     order = _hash_order(ids, salt)
@@ -226,7 +249,7 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
                   seed: int = 0, domains: Sequence[str] | None = None,
                   domain_weights: Mapping[str, float] | None = None,
                   domain_caps: Mapping[str, int] | None = None,
-                  pair_orders: str = "random") -> tuple[list[dict], list[dict], dict]:
+                  pair_orders: str = "random", answer_source: str = "modal") -> tuple[list[dict], list[dict], dict]:
     """Builds single-question and pairwise target records for the train and test splits.
 
     Args:
@@ -249,10 +272,13 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
       domain_caps: maximum train questions per domain.
       pair_orders: ``"random"`` (one seeded order per pair) or ``"both"`` (each pair also in the other
         order, label flipped, right after it; see ``pairs.swap_order``).
+      answer_source: ``"modal"`` (METHOD) or ``"greedy"``: the answer a completion carries and whose
+        correctness fits the bins (see module docstring); "greedy" needs samples with greedy answers.
 
     Returns:
-      ``(single, pairwise, summary)``. Single records: ``question_id, domain, split, answer (modal
-      normalized answer or None), target, target_raw (before jitter), consistency, modal_correct, bin,
+      ``(single, pairwise, summary)``. Single records: ``question_id, domain, split, answer (modal or
+      greedy normalized answer or None), answer_correct, target, target_raw (before jitter), consistency,
+      modal_correct, bin,
       bin_accuracy, bin_fit (the bin table's key)``. Pairwise records: ``q1, q2 (ids in shown order),
       choice ("Q1"/"Q2"), split, domains, answers, targets, consistency, correct, bins``; with
       ``pair_orders="both"`` a pair's two orders are adjacent. The summary is JSON-serializable; see
@@ -274,6 +300,8 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
                               f"accuracy only there), got mode {mode!r}; use pair_label 'target'")
     if pair_scope not in pairs_lib.SCOPES:
         raise TargetError(f"pair_scope must be 'domain' or 'all', got {pair_scope!r}")
+    if answer_source not in ANSWER_SOURCES:
+        raise TargetError(f"answer_source must be one of {ANSWER_SOURCES}, got {answer_source!r}")
     if pair_orders not in pairs_lib.ORDERS:
         raise TargetError(f"pair_orders must be one of {pairs_lib.ORDERS}, got {pair_orders!r}")
     if not 0.0 <= jitter < 0.5 or n_bins < 1 or pairs_per_question < 0 or balance_factor <= 0:
@@ -283,7 +311,7 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
         raise TargetError(f"max_per_bin must be >= 1, got {max_per_bin}")
     if domain_caps is not None and any(isinstance(v, bool) or int(v) != v or v < 0 for v in domain_caps.values()):
         raise TargetError(f"domain_caps must be whole numbers >= 0, got {dict(domain_caps)}")
-    items = _validated(samples, questions)
+    items = [_with_answer(s, answer_source) for s in _validated(samples, questions)]
 
     excluded: dict[str, int] = collections.Counter()
     if domains is not None:
@@ -299,10 +327,10 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
     train = [s for s in items if s["split"] == "train"]
     tables: dict[str, dict[str, list]] = {}
     if train:
-        tables[POOLED] = fit_bins(train, n_bins)
+        tables[POOLED] = fit_bins(train, n_bins, "answer_correct")
         if per_domain_bins:
             for d in sorted({s["domain"] for s in train}):
-                tables[d] = fit_bins([s for s in train if s["domain"] == d], n_bins)
+                tables[d] = fit_bins([s for s in train if s["domain"] == d], n_bins, "answer_correct")
     if mode == "binned_accuracy" and not train:
         raise TargetError("mode 'binned_accuracy' fits consistency bins on the train split, but no sample has "
                           "split 'train'")
@@ -317,17 +345,19 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
         elif mode == "consistency":
             raw = float(s["consistency"])
         else:
-            raw = 1.0 if s["modal_correct"] else 0.0
+            raw = 1.0 if s["answer_correct"] else 0.0
         u = 0.0 if mode == "correctness" else jitter_of(s["id"], jitter, seed)
         single_all.append({
-            "question_id": s["id"], "domain": s["domain"], "split": s["split"], "answer": s["modal_answer"],
-            "target": min(1.0, max(0.0, raw + u)), "target_raw": raw, "consistency": float(s["consistency"]),
-            "modal_correct": s["modal_correct"], "bin": b, "bin_accuracy": bin_acc,
+            "question_id": s["id"], "domain": s["domain"], "split": s["split"], "answer": s["answer"],
+            "answer_correct": s["answer_correct"], "target": min(1.0, max(0.0, raw + u)), "target_raw": raw,
+            "consistency": float(s["consistency"]), "modal_correct": s["modal_correct"], "bin": b,
+            "bin_accuracy": bin_acc,
             "bin_fit": fit if fit in tables else None,
         })
 
     summary: dict[str, Any] = {
-        "mode": mode, "n_bins": n_bins, "jitter": jitter, "seed": seed, "per_domain_bins": per_domain_bins,
+        "mode": mode, "answer_source": answer_source, "n_bins": n_bins, "jitter": jitter, "seed": seed,
+        "per_domain_bins": per_domain_bins,
         "balance": {"enabled": balance, "factor": balance_factor, "max_per_bin": max_per_bin, "caps": {}},
         "pairs_per_question": pairs_per_question, "pair_scope": pair_scope, "pair_label": pair_label,
         "pair_label_by": label_by, "pair_orders": pair_orders,
@@ -373,6 +403,7 @@ def build_targets(samples: Sequence[Mapping[str, Any]], questions: Mapping[str, 
             "target_histogram": histogram,
             "mean_target": float(np.mean([r["target"] for r in kept])) if kept else None,
             "modal_accuracy": float(np.mean([r["modal_correct"] for r in kept])) if kept else None,
+            "answer_accuracy": float(np.mean([r["answer_correct"] for r in kept])) if kept else None,
             "q1_share": (sum(p["choice"] == "Q1" for p in pairs) / len(pairs)) if pairs else None,
             "per_domain": per_domain, **pair_stats,
         }
