@@ -184,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         given = ([f"--config={spec}"] if spec is not None else []) + [f"--config.{o}" for o in overrides]
         subs[cmd].error(f"unrecognized arguments: {' '.join(given)} (metacog {cmd} takes no config)")
     _quiet_logs(args.verbose)
+    from metacog_jax.pipeline import TrainingPreempted
+
     try:
         return _run(cmd, args, spec, overrides)
+    except TrainingPreempted as e:
+        print(f"metacog {cmd}: {e}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
     except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"metacog {cmd}: error: {msg}", file=sys.stderr)

@@ -130,8 +130,14 @@ def make_batches(config, data_workdir: Path, tokenizer, split: str = "train"):
     return builder, label_info
 
 
+class TrainingPreempted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint; running the stage again resumes it."""
+
+
 def stage_train(config, run_workdir: str | Path, data_workdir: str | Path | None = None,
                 stop_after: int | None = None) -> dict:
+    """Fine-tune on the targets. Raises TrainingPreempted when a SIGTERM stopped the run early (the
+    checkpoint is saved), so that no caller goes on as if the model were trained."""
     from metacog_jax.models.build import tokenizer_for_config
     from metacog_jax.train.trainer import train
 
@@ -146,6 +152,9 @@ def stage_train(config, run_workdir: str | Path, data_workdir: str | Path | None
     summary = train(config, run_workdir, builder, label_token_ids=ids, label_values=values, stop_after=stop_after,
                     tokenizer=tokenizer)
     summary.pop("model", None)
+    if summary.get("preempted") and summary.get("end_step", 0) < config.train.steps:
+        raise TrainingPreempted(f"{run_workdir}: training stopped by SIGTERM at step {summary.get('end_step')} of "
+                                f"{config.train.steps}; the checkpoint is saved, run the command again to resume")
     summary["batch_stats"] = {k: v for k, v in dict(builder.stats).items() if not isinstance(v, (list, dict))}
     return summary
 

@@ -355,3 +355,35 @@ def test_empty_domains_override_is_a_clear_error(tmp_path):
 def test_no_in_domain_set_is_a_clear_error(tmp_path):
     proc = metacog("targets", f"--config={TINY}:domains=", f"--workdir={tmp_path}", ok=False)
     _fails(proc, "data.domains")
+
+
+def test_training_stopped_by_sigterm_is_not_taken_for_a_finished_stage(monkeypatch, tmp_path):
+    """The trainer saves and returns on SIGTERM; the stage must not pass that off as a trained model
+    (the demo would evaluate it and mark training done), and the CLI exits 143 so a rerun resumes."""
+    from metacog_jax import cli, config_utils, demo, pipeline
+    from metacog_jax.models import build
+    from metacog_jax.train import trainer
+
+    class Builder:
+        stats = {"single": 1}
+
+    c = config_utils.load_config(TINY)
+    steps = c.train.steps
+    monkeypatch.setattr(pipeline, "make_batches", lambda *a: (Builder(), None))
+    monkeypatch.setattr(build, "tokenizer_for_config", lambda config: None)
+    end = {"step": 2}
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: {"preempted": True, "end_step": end["step"]})
+    with pytest.raises(pipeline.TrainingPreempted, match=f"step 2 of {steps}.*run the command again"):
+        pipeline.stage_train(c, tmp_path / "run", tmp_path)
+    marker = tmp_path / "run" / "train" / "DONE"
+    with pytest.raises(pipeline.TrainingPreempted):
+        demo._stage("train S", marker, lambda: pipeline.stage_train(c, tmp_path / "run", tmp_path))
+    assert not marker.exists()
+    end["step"] = steps  # a signal after the last step: the model is trained
+    assert pipeline.stage_train(c, tmp_path / "run", tmp_path)["end_step"] == steps
+
+    def preempted(*a):
+        raise pipeline.TrainingPreempted("stopped")
+
+    monkeypatch.setattr(cli, "_run", preempted)
+    assert cli.main(["train", f"--config={REPO / TINY}", f"--workdir={tmp_path}"]) == 143
