@@ -137,6 +137,10 @@ def choose_temperature(config, workdir: Path, temperatures: Sequence[float]) -> 
     """Sample at each temperature and judge its targets on validation (see the module docstring)."""
     from metacog_jax.models.build import build_model
 
+    if not temperatures:
+        raise ValueError("--temperatures: give at least one temperature")
+    if any(t <= 0 for t in temperatures):
+        raise ValueError(f"--temperatures: sampling temperatures must be > 0, got {list(temperatures)}")
     c = validation_config(config)
     loaded = build_model(c)
     rows = {}
@@ -147,8 +151,6 @@ def choose_temperature(config, workdir: Path, temperatures: Sequence[float]) -> 
         _sample_and_targets(tc, data, model=loaded)
         rows[f"{float(t):g}"] = target_quality(data, c.eval.n_resamples, c.seed)
         log.info("temperature %g: %s", t, rows[f"{float(t):g}"])
-    if not rows:
-        raise ValueError("--temperatures: give at least one temperature")
     best = max(rows, key=lambda t: (_or_minus_inf(rows[t]["target_auroc"]["estimate"]), float(t)))
     return {"candidates": rows, "chosen": float(best)}
 

@@ -76,6 +76,14 @@ def test_sample_cache_refuses_another_instruction(tiny_model, smol_tokenizer, tm
     sample_questions(sampler, qs, out, k=2, max_new_tokens=4, progress=False, instruction="sentence")  # same wording
 
 
+def test_temperature_step_refuses_bad_temperatures(tmp_path):
+    c = config_utils.load_config("configs/tiny.py")
+    for bad in ((), (1.0, 0.0)):
+        with pytest.raises(ValueError, match="--temperatures"):
+            tuning.choose_temperature(c, tmp_path, bad)
+    assert not any(tmp_path.iterdir())  # refused before loading a model or writing anything
+
+
 def test_grid_parsing():
     grid = tuning.parse_grid(["train.lr=3e-4,1e-3", "train.steps=24"])
     assert grid == {"train.lr": ["3e-4", "1e-3"], "train.steps": ["24"]}
