@@ -104,6 +104,7 @@ def pairwise_cluster_stat(counts, item_a, item_b, p_q1_ab, p_q1_ba, consistency,
     the single task's bootstrap holds each stated confidence)."""
     bt = ({} if strength is None else
           bradley_terry.fixed_strength_statistics(counts, strength, pair_weight, correct, consistency))
+    bt.pop("bt_n_items_without_pairs", None)  # a count, not a metric: the entry reports it unresampled
     w = counts[item_a] * counts[item_b]
     p = debiased_preference(p_q1_ab, p_q1_ba)
     ca, cb, ya, yb = consistency[item_a], consistency[item_b], correct[item_a], correct[item_b]
@@ -346,7 +347,6 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
                 bradley_terry.DEFAULT_L2),
             metrics=bootstrap.bootstrap_clustered(pairwise_cluster_stat, len(questions), operands,
                                                   n_resamples, seed))
-        entry["pairwise"]["metrics"].pop("bt_n_items_without_pairs", None)  # a count, kept above
         entry["pairwise_raw"] = dict(
             counts, readout="P(Q1) of one presentation in a seeded random order",
             metrics=bootstrap.bootstrap_clustered(raw_pairwise_cluster_stat, len(questions),
