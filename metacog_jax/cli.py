@@ -254,7 +254,7 @@ def _run(cmd, args, spec, overrides) -> int:
         try:
             temperatures = tuple(float(t) for t in args.temperatures.split(",") if t)
         except ValueError:
-            raise SystemExit(f"metacog tune: --temperatures={args.temperatures!r}: expected numbers like 1.0,0.7")
+            raise ValueError(f"--temperatures={args.temperatures!r}: expected numbers like 1.0,0.7") from None
         out = run_tune(config, workdir, args.grid, tuple(t for t in args.tasks.split(",") if t),
                        instructions=not args.no_instructions, temperatures=temperatures)
         print(format_tune(out))

@@ -387,3 +387,11 @@ def test_training_stopped_by_sigterm_is_not_taken_for_a_finished_stage(monkeypat
 
     monkeypatch.setattr(cli, "_run", preempted)
     assert cli.main(["train", f"--config={REPO / TINY}", f"--workdir={tmp_path}"]) == 143
+
+
+def test_tune_names_a_bad_temperature_list(tmp_path, capsys):
+    from metacog_jax import cli
+
+    assert cli.main(["tune", f"--config={REPO / TINY}", f"--workdir={tmp_path}", "--temperatures=hot,0.7"]) == 2
+    assert "--temperatures='hot,0.7': expected numbers" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
