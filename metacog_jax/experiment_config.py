@@ -114,6 +114,10 @@ def default_config() -> ml_collections.ConfigDict:
     # blocks before the window), 0 = the whole row, N = N tokens (a longer example is an error).
     c.train.attention_window = -1
     c.train.mix = 0.5  # share of pairwise examples in multitask runs
+    # Share of the example stream given to replay examples: the base model's own greedy completions of the
+    # answer prompt on the training questions (from the samples), so that fine-tuning on the confidence
+    # tasks leaves the answers the evaluation reads as they were. 0 = none (METHOD trains the tasks only).
+    c.train.replay = 0.0
     c.train.lr = 1e-4
     c.train.warmup_steps = 10
     c.train.min_lr_ratio = 0.1
@@ -121,7 +125,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.grad_clip = 1.0
     c.train.grad_accum = 1  # micro-batches per step
     c.train.loss = ml_collections.ConfigDict(dict(
-        single=1.0, pairwise=1.0, answer=1.0, confidence=1.0, choice=1.0, format=1.0, brier=0.0))
+        single=1.0, pairwise=1.0, answer=1.0, confidence=1.0, choice=1.0, format=1.0, brier=0.0, replay=1.0))
     c.train.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, dropout=0.0, targets=LORA_ALL_LINEAR))
     c.train.checkpoint_every = 50
     c.train.keep_checkpoints = 2
@@ -226,6 +230,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          "above 0 when data.evaluate_on='validation'")
     if not 0.0 <= c.train.mix <= 1.0:
         raise ValueError(f"config train.mix={c.train.mix} must be in [0, 1]")
+    if not 0.0 <= c.train.replay < 1.0:
+        raise ValueError(f"config train.replay={c.train.replay} (share of replay examples) must be in [0, 1)")
     if c.train.grad_accum < 1 or c.train.batch_size % c.train.grad_accum:
         raise ValueError(f"config train.batch_size={c.train.batch_size} must be a multiple of "
                          f"train.grad_accum={c.train.grad_accum}")

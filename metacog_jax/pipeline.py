@@ -105,7 +105,7 @@ def make_batches(config, data_workdir: Path, tokenizer, split: str = "train"):
     from metacog_jax.data import targets as targets_lib
 
     single, pairwise, _ = targets_lib.read_targets(data_workdir)
-    _, questions = targets_lib.load_sampled(data_workdir, domains=list(config.data.domains))
+    samples, questions = targets_lib.load_sampled(data_workdir, domains=list(config.data.domains))
     scale = prompts.confidence_scale(config.data.confidence_scale)
     task = config.train.task
     if task == "single":
@@ -118,14 +118,22 @@ def make_batches(config, data_workdir: Path, tokenizer, split: str = "train"):
     if not enc_s and not enc_p:
         raise ValueError(f"no {split} targets for task {task!r} in {data_workdir / 'targets'}; run "
                          "`metacog targets` first")
+    replay = []
+    if config.train.replay > 0:  # the base model's greedy answers to the questions the tasks train on
+        trained = {r["question_id"] for r in single if split is None or r["split"] == split}
+        trained |= {q for r in pairwise if split is None or r["split"] == split for q in (r["q1"], r["q2"])}
+        replay = batching.encode_replays(tokenizer, {q: questions[q] for q in trained if q in questions},
+                                         samples, split=split, instruction=config.data.answer_instruction)
     lw = config.train.loss
     weights = batching.LossWeights(w_format=lw.format, w_answer=lw.answer, w_confidence=lw.confidence,
-                                   w_choice=lw.choice, w_single=lw.single, w_pairwise=lw.pairwise)
+                                   w_choice=lw.choice, w_single=lw.single, w_pairwise=lw.pairwise,
+                                   w_replay=lw.replay)
     builder = batching.BatchBuilder(
         enc_s, enc_p, batch_size=config.train.batch_size, max_len=config.train.max_len, mix=mix,
         packing=config.train.packing, seed=config.seed, weights=weights, shard_index=jax.process_index(),
         shard_count=jax.process_count(), skip_too_long=True,
-        pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0))
+        pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        replay=replay, replay_share=config.train.replay)
     label_info = batching.scale_decision_tokens(tokenizer, scale) if config.train.loss.brier > 0 else None
     return builder, label_info
 

@@ -12,8 +12,8 @@ from tokenizers import Regex, pre_tokenizers
 
 from metacog_jax.data import procedural, prompts
 from metacog_jax.data.batching import (BatchBuilder, Encoded, LossWeights, batch_stats, decision_offset,
-                                       default_buckets, encode_pairwise, encode_single, encode_targets,
-                                       scale_decision_tokens)
+                                       default_buckets, encode_pairwise, encode_replay, encode_replays,
+                                       encode_single, encode_targets, scale_decision_tokens)
 from metacog_jax.models.tokenizer import _LLAMA3_SPLIT
 
 # A Qwen2-style ChatML template that inserts the default system prompt, and a Llama-3-style template; both
@@ -186,12 +186,14 @@ def synthetic(n, task, seed, lo=5, hi=40):
     """Examples whose ids encode (task, example number, position) so rows can be traced back."""
     rng = random.Random(seed)
     out = []
-    base = 1 if task == "single" else 2
+    base = {"single": 1, "pairwise": 2, "replay": 3}[task]
     for i in range(n):
         length = rng.randint(lo, hi)
         prompt = rng.randint(2, length - 2)
         roles = (prompts.PROMPT,) * prompt + (prompts.ANSWER,) * (length - prompt - 2) + (
             prompts.CONFIDENCE, prompts.FORMAT)
+        if task == "replay":  # the base model's completion: every token a replay target
+            roles = (prompts.PROMPT,) * prompt + (prompts.REPLAY,) * (length - prompt)
         ids = tuple(base * 100_000 + i * 100 + t for t in range(length))
         out.append(Encoded(ids, roles, task, 0.1 * (i % 10), length - 2, f"{task}{i}"))
     return out
@@ -276,6 +278,73 @@ def test_mixing_ratio_and_epoch_coverage():
         BatchBuilder(SINGLE, [], batch_size=2, max_len=64, mix=0.5)
 
 
+REPLAY = synthetic(29, "replay", 2)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.4, 1.0])
+def test_replay_is_interleaved_without_moving_the_task_stream(mix):
+    # Every 4th position (floor((j+1)/4) > floor(j/4)) is a replay example; the other positions, in order,
+    # are exactly the stream of a builder without replay, so replay changes nothing else about training.
+    kw = dict(batch_size=4, max_len=64, mix=mix, packing=False, seed=5)
+    plain = BatchBuilder(SINGLE if mix < 1 else [], PAIRS if mix > 0 else [], **kw)
+    mixed = BatchBuilder(SINGLE if mix < 1 else [], PAIRS if mix > 0 else [], replay=REPLAY, replay_share=0.25, **kw)
+    stream = [mixed.stream_example(j) for j in range(160)]
+    assert [j for j, e in enumerate(stream) if e.task == "replay"] == list(range(3, 160, 4))
+    assert [e.key for e in stream if e.task != "replay"] == [plain.stream_example(j).key for j in range(120)]
+    replays = [e.key for e in stream if e.task == "replay"]
+    assert sorted(replays[:29]) == sorted(e.key for e in REPLAY)  # an epoch of replays: each once
+    assert mixed.stats["replay"] == 29 and mixed.stats["replay_share"] == 0.25
+    # With share 0 the stream is the plain one even when replay examples are passed.
+    zero = BatchBuilder(SINGLE if mix < 1 else [], PAIRS if mix > 0 else [], replay=REPLAY, **kw)
+    for step in (0, 7):
+        for k, v in plain[step].items():
+            np.testing.assert_array_equal(zero[step][k], v)
+
+
+def test_replay_rows_weigh_the_completion_by_the_replay_weight():
+    w = LossWeights(w_answer=0.0, w_format=0.0, w_replay=0.5)  # role weights do not touch replay tokens
+    b = BatchBuilder(SINGLE, [], batch_size=8, max_len=64, mix=0.0, packing=False, seed=0, weights=w,
+                     replay=REPLAY, replay_share=0.5)
+    batch = b[0]
+    assert batch_stats(batch)["replay_examples"] == 4 and batch_stats(batch)["single_examples"] == 4
+    for r in range(8):
+        e = b.stream_example(r)
+        n = len(e)
+        if e.task != "replay":
+            continue
+        assert batch["task_ids"][r][:n - 1].tolist() == [3] * (n - 1)
+        expected = [0.0 if role == prompts.PROMPT else 0.5 for role in e.roles[1:]]
+        assert batch["loss_weights"][r][:n - 1].tolist() == expected
+        assert batch["decision_mask"][r].sum() == 0
+    with pytest.raises(ValueError, match="needs replay examples"):
+        BatchBuilder(SINGLE, [], batch_size=2, max_len=64, mix=0.0, replay_share=0.2)
+    with pytest.raises(ValueError, match=r"replay_share .* \[0, 1\)"):
+        BatchBuilder(SINGLE, [], batch_size=2, max_len=64, mix=0.0, replay=REPLAY, replay_share=1.0)
+
+
+def test_replay_examples_are_the_answer_prompt_and_the_greedy_completion(tokenizers, questions):
+    tok = tokenizers["smollm2"]
+    q = next(q for q in questions.values() if q.kind == "numeric")
+    rec = {"id": q.id, "split": "train", "greedy": {"text": "The answer is 12.", "answer": "12", "correct": False}}
+    enc = encode_replay(tok, q, rec, instruction="followed")
+    n_prompt = enc.roles.count(prompts.PROMPT)
+    assert tok.decode(list(enc.ids[:n_prompt])) == prompts.answer_prompt(tok, q, "followed")
+    assert tok.decode(list(enc.ids[n_prompt:])) == "The answer is 12."
+    assert set(enc.roles[n_prompt:]) == {prompts.REPLAY} and enc.task == "replay" and enc.decision_index == -1
+    single = encode_single(tok, q, single_record(q), prompts.confidence_scale("0-9"))
+    batch = BatchBuilder([single], [], batch_size=2, max_len=1024, mix=0.0, packing=False, replay=[enc],
+                         replay_share=0.5).global_batch(0)  # row 0 the single example, row 1 the replay
+    sel = batch["loss_weights"][1] > 0
+    assert tok.decode(batch["targets"][1][sel].tolist()) == "The answer is 12."
+    # Only records of the split, of a listed question, with a greedy text become replay examples.
+    other = next(o for o in questions.values() if o.id != q.id)
+    recs = [rec, dict(rec, id=other.id, split="test"), {"id": "absent", "split": "train", "greedy": rec["greedy"]},
+            dict(rec, id=other.id, greedy={"text": "  ", "answer": None, "correct": False})]
+    assert [e.key for e in encode_replays(tok, questions, recs, instruction="followed")] == [q.id]
+    with pytest.raises(ValueError, match="paired with question"):
+        encode_replay(tok, other, rec)
+
+
 def test_bucketed_padding_picks_smallest_fitting_bucket():
     assert default_buckets(512) == (64, 128, 256, 512) and default_buckets(300) == (64, 128, 256, 300)
     b = BatchBuilder(SINGLE, PAIRS, batch_size=4, max_len=100, mix=0.5, packing=False, buckets=(32, 48, 64, 100))
@@ -291,7 +360,7 @@ def test_too_long_examples_raise_or_are_counted():
         BatchBuilder(SINGLE, PAIRS, batch_size=2, max_len=45)
     b = BatchBuilder(SINGLE, PAIRS, batch_size=2, max_len=45, skip_too_long=True)
     n_long_pairs = sum(len(e) > 45 for e in PAIRS)
-    assert b.stats["too_long"] == {"single": 0, "pairwise": n_long_pairs} and n_long_pairs > 0
+    assert b.stats["too_long"] == {"single": 0, "pairwise": n_long_pairs, "replay": 0} and n_long_pairs > 0
     assert b.stats["pairwise"] == len(PAIRS) - n_long_pairs
     assert batch_stats(b[0], too_long=n_long_pairs)["too_long"] == n_long_pairs
     assert b.longest_example == max(len(e) for e in SINGLE + PAIRS if len(e) <= 45)  # the kept ones only

@@ -109,3 +109,29 @@ def test_condition_loss_falls(task, data_workdir, tmp_path):
     for key in absent:
         assert all(r[key] == 0.0 for r in rows), f"{name}: {key} should be 0 (task not trained)"
     assert (tmp_path / "checkpoints" / str(STEPS)).is_dir()
+
+
+def test_replay_examples_join_the_batches(data_workdir):
+    """train.replay > 0: the base model's greedy answer-prompt completions of the training questions join the
+    stream at that share (task id 3), logged as loss_replay; 0 leaves them out; outside [0, 1) is an error."""
+    from metacog_jax import pipeline
+    from metacog_jax.data import prompts
+    from metacog_jax.experiment_config import validate
+    from metacog_jax.models.build import tokenizer_for_config
+    from metacog_jax.train import losses
+
+    config = condition_config("single")
+    tokenizer = tokenizer_for_config(config)
+    plain, _ = pipeline.make_batches(config, data_workdir, tokenizer)
+    assert plain.stats["replay"] == 0
+    config.train.replay = 0.25
+    builder, _ = pipeline.make_batches(config, data_workdir, tokenizer)
+    assert builder.stats["replay"] == 24 and builder.stats["replay_share"] == 0.25  # every train question
+    e = next(builder.stream_example(j) for j in range(8) if builder.stream_example(j).task == "replay")
+    n = e.roles.count(prompts.PROMPT)
+    greedy = {l["id"]: l["greedy"]["text"] for l in map(json.loads, open(data_workdir / "samples" / "arithmetic.jsonl"))}
+    assert tokenizer.decode(list(e.ids[n:])) == greedy[e.key]
+    assert 3 in builder[0]["task_ids"] and losses.TASK_NAMES[3] == "replay"
+    config.train.replay = 1.0
+    with pytest.raises(ValueError, match=r"train\.replay=1\.0 .* must be in \[0, 1\)"):
+        validate(config)

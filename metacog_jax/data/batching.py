@@ -17,16 +17,18 @@ Batches (numpy, fixed shapes; every array [B, T])
     a row, 0 = padding), targets int32 (next token: targets[t] = tokens[t + 1] inside one example, 0
     elsewhere), loss_weights float32 (weight of predicting targets[t]: role weight of the target token x
     task weight; 0 on prompt and padding), loss_mask float32 (loss_weights > 0), task_ids int32 (0 none,
-    1 single, 2 pairwise; on every position with a target), decision_mask float32 (1 where targets[t] is a
-    single example's decision token), decision_value float32 (the target probability y there).
+    1 single, 2 pairwise, 3 replay; on every position with a target), decision_mask float32 (1 where
+    targets[t] is a single example's decision token), decision_value float32 (the target probability y
+    there).
 
     Pairwise choice positions are deliberately not in decision_mask: the Brier loss in train/losses.py
     reads the confidence scale's label tokens at every masked position.
 
 Order and resumability
     The example stream is an exact interleave of the two tasks (position j is pairwise iff
-    floor((j+1)·mix) > floor(j·mix)), each task drawn from its own endless stream of indices, reshuffled
-    every epoch from (seed, epoch) (:class:`EpochShuffle`: random access like grain's
+    floor((j+1)·mix) > floor(j·mix)) and, when ``replay_share`` > 0, of replay examples (the base model's
+    own answer-prompt completions, interleaved the same way before the tasks), each task drawn from its own
+    endless stream of indices, reshuffled every epoch from (seed, epoch) (:class:`EpochShuffle`: random access like grain's
     ``MapDataset.shuffle().repeat()``, but vectorized). Packing fills rows of ``max_len`` tokens first-fit
     (longest first) within fixed windows of the stream, so a row's contents depend only on its window,
     and the global row index of every window is found from the windows' row counts. Hence the batch of
@@ -49,10 +51,11 @@ import numpy as np
 
 from metacog_jax.data import prompts, splits
 from metacog_jax.data.pairs import CHOICE_LABELS
-from metacog_jax.data.prompts import ANSWER, CHOICE, CONFIDENCE, FORMAT, PROMPT, ConfidenceScale
+from metacog_jax.data.prompts import ANSWER, CHOICE, CONFIDENCE, FORMAT, PROMPT, REPLAY, ConfidenceScale
 from metacog_jax.data.records import Question
 
-TASK_IDS = {"single": 1, "pairwise": 2}
+TASK_IDS = {"single": 1, "pairwise": 2, "replay": 3}
+TASKS = ("single", "pairwise", "replay")
 BATCH_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_weights", "loss_mask", "task_ids",
               "decision_mask", "decision_value")
 
@@ -67,6 +70,7 @@ class LossWeights:
     w_choice: float = 1.0
     w_single: float = 1.0
     w_pairwise: float = 1.0
+    w_replay: float = 1.0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -76,11 +80,12 @@ class LossWeights:
     def role(self, role: str) -> float:
         """Weight of a target token with this role (before the task weight)."""
         return {PROMPT: 0.0, FORMAT: self.w_format, ANSWER: self.w_answer, CONFIDENCE: self.w_confidence,
-                CHOICE: self.w_choice}[role]
+                CHOICE: self.w_choice, REPLAY: 1.0}[role]
 
     def task(self, task: str) -> float:
-        """Weight of every token of a ``"single"`` or ``"pairwise"`` example (multiplies the role weight)."""
-        return {"single": self.w_single, "pairwise": self.w_pairwise}[task]
+        """Weight of every token of a ``"single"``, ``"pairwise"`` or ``"replay"`` example (multiplies the role
+        weight; a replay completion's tokens have role weight 1, so ``w_replay`` alone sets their weight)."""
+        return {"single": self.w_single, "pairwise": self.w_pairwise, "replay": self.w_replay}[task]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +95,10 @@ class Encoded:
     Attributes:
       ids: token ids, prompt + completion.
       roles: role of each token (``prompts.PROMPT``, ``FORMAT``, ...), same length as ids.
-      task: ``"single"`` or ``"pairwise"``.
+      task: ``"single"``, ``"pairwise"`` or ``"replay"``.
       conf_value: single: the target confidence in [0, 1]; pairwise: 1.0 if the choice is "Q1" else 0.0.
       decision_index: index in ids of the decision token (see module docstring); -1 if none.
-      key: the question id (single) or ``"q1|q2"`` (pairwise), for error messages and stats.
+      key: the question id (single, replay) or ``"q1|q2"`` (pairwise), for error messages and stats.
     """
 
     ids: tuple[int, ...]
@@ -204,6 +209,33 @@ def _encode_pairwise(tokenizer, q1, q2, record, label_ids):
     return Encoded(tuple(ids), tuple(roles), "pairwise", conf, decision, key), label_ids
 
 
+def encode_replay(tokenizer, question: Question, record: Mapping[str, Any],
+                  instruction: str | None = None) -> Encoded | None:
+    """The base model's greedy completion of the answer prompt (``record["greedy"]["text"]``, a sample record
+    of ``question``) as a replay example; None when the record has no greedy text."""
+    if record.get("id") != question.id:
+        raise ValueError(f"sample record {record.get('id')!r} paired with question {question.id!r}")
+    greedy = record.get("greedy")
+    text = greedy.get("text") if isinstance(greedy, Mapping) else None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    ids, roles = prompts.tokenize_segments(tokenizer, prompts.replay_example(tokenizer, question, text,
+                                                                             instruction).segments)
+    return Encoded(tuple(ids), tuple(roles), "replay", 0.0, -1, question.id)
+
+
+def encode_replays(tokenizer, questions: Mapping[str, Question], samples: Sequence[Mapping[str, Any]], *,
+                   split: str | None = "train", instruction: str | None = None) -> list[Encoded]:
+    """Replay examples for the sample records of `split` (None: all) whose question is in `questions`."""
+    out = []
+    for rec in samples:
+        if (split is None or rec.get("split") == split) and rec.get("id") in questions:
+            e = encode_replay(tokenizer, questions[rec["id"]], rec, instruction)
+            if e is not None:
+                out.append(e)
+    return out
+
+
 def encode_targets(tokenizer, questions: Mapping[str, Question], single: Sequence[Mapping[str, Any]],
                    pairwise: Sequence[Mapping[str, Any]], scale: ConfidenceScale, *, split: str | None = "train",
                    progress: bool = False) -> tuple[list[Encoded], list[Encoded]]:
@@ -303,6 +335,9 @@ class BatchBuilder:
       batch_size: global rows per step (all processes together); must divide by ``shard_count``.
       max_len: row length T when packing; longest allowed example in either mode.
       mix: share of pairwise examples in the stream, in [0, 1] (exact interleave; see module docstring).
+      replay: encoded replay examples (:func:`encode_replays`), needed when ``replay_share > 0``.
+      replay_share: share of the stream given to replay examples, in [0, 1); the tasks share the rest by
+        ``mix`` (with 0 the stream is exactly that of a builder without replay).
       packing: pack several examples per row (default); else one example per row, padded to the smallest
         of ``buckets`` that fits the longest example of the global batch.
       buckets: padded lengths for ``packing=False`` (default :func:`default_buckets`).
@@ -319,7 +354,8 @@ class BatchBuilder:
     def __init__(self, single: Sequence[Encoded], pairwise: Sequence[Encoded], *, batch_size: int, max_len: int,
                  mix: float = 0.5, packing: bool = True, buckets: Sequence[int] | None = None, seed: int = 0,
                  weights: LossWeights = LossWeights(), shard_index: int = 0, shard_count: int = 1,
-                 skip_too_long: bool = False, pad_id: int = 0, pack_window: int = 256):
+                 skip_too_long: bool = False, pad_id: int = 0, pack_window: int = 256,
+                 replay: Sequence[Encoded] = (), replay_share: float = 0.0):
         if batch_size < 1 or max_len < 2:
             raise ValueError(f"need batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
         if shard_count < 1 or not 0 <= shard_index < shard_count:
@@ -335,11 +371,14 @@ class BatchBuilder:
         self.buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(max_len)
         if not packing and (not self.buckets or self.buckets[-1] < max_len):
             raise ValueError(f"buckets {self.buckets} must include a length >= max_len {max_len}")
+        if not 0.0 <= replay_share < 1.0:
+            raise ValueError(f"replay_share (share of replay examples) must be in [0, 1), got {replay_share}")
         self.mix = Fraction(mix).limit_denominator(10_000)
+        self.replay_share = Fraction(replay_share).limit_denominator(10_000)
 
-        too_long: dict[str, list[str]] = {"single": [], "pairwise": []}
+        too_long: dict[str, list[str]] = {task: [] for task in TASKS}
         kept: dict[str, list[Encoded]] = {}
-        for task, examples in (("single", single), ("pairwise", pairwise)):
+        for task, examples in (("single", single), ("pairwise", pairwise), ("replay", replay)):
             kept[task] = []
             for e in examples:
                 if e.task != task:
@@ -350,20 +389,22 @@ class BatchBuilder:
                     too_long[task].append(e.key)
         n_long = sum(map(len, too_long.values()))
         if n_long and not skip_too_long:
-            first = (too_long["single"] + too_long["pairwise"])[:3]
+            first = [k for task in TASKS for k in too_long[task]][:3]
             raise ValueError(f"{n_long} examples are longer than max_len={max_len} tokens (e.g. {first}); raise "
                              "max_len or pass skip_too_long=True to leave them out (they are counted in stats)")
-        self.single, self.pairwise = kept["single"], kept["pairwise"]
+        self.single, self.pairwise, self.replay = kept["single"], kept["pairwise"], kept["replay"]
+        self._pools = (self.single, self.pairwise, self.replay)  # indexed by the stream's kind 0, 1, 2
         if self.mix < 1 and not self.single:
             raise ValueError(f"mix={mix} needs single examples, but none are left (too long: "
                              f"{len(too_long['single'])})")
         if self.mix > 0 and not self.pairwise:
             raise ValueError(f"mix={mix} needs pairwise examples, but none are left (too long: "
                              f"{len(too_long['pairwise'])})")
-        self._shuffles = {task: EpochShuffle(len(ex), _stable_seed(seed, task))
-                          for task, ex in (("single", self.single), ("pairwise", self.pairwise))}
-        self._lengths = {task: np.asarray([len(e) for e in ex], np.int64)
-                         for task, ex in (("single", self.single), ("pairwise", self.pairwise))}
+        if self.replay_share > 0 and not self.replay:
+            raise ValueError(f"replay_share={replay_share} needs replay examples, but none are left (too long: "
+                             f"{len(too_long['replay'])})")
+        self._shuffles = [EpochShuffle(len(ex), _stable_seed(seed, task)) for task, ex in zip(TASKS, self._pools)]
+        self._lengths = [np.asarray([len(e) for e in ex], np.int64) for ex in self._pools]
         self.too_long = {k: len(v) for k, v in too_long.items()}
         self.too_long_keys = too_long
         self._window_rows: list[int] = [0]  # cumulative row counts of packing windows 0, 1, ...
@@ -371,27 +412,36 @@ class BatchBuilder:
 
     # -- the example stream ----------------------------------------------------------------------------
     def _stream(self, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(is_pairwise [n] bool, index into that task's examples [n]) of stream positions js [n]."""
+        """(kind [n]: 0 single, 1 pairwise, 2 replay; index into that kind's examples [n]) of positions js [n].
+
+        Replay positions are interleaved first (j is replay iff floor((j+1)·r) > floor(j·r)); the other
+        positions, renumbered 0, 1, ..., are split between the tasks by ``mix`` the same way."""
+        num, den = self.replay_share.numerator, self.replay_share.denominator
+        replays_before = (js * num) // den
+        is_replay = ((js + 1) * num) // den > replays_before
+        ts = js - replays_before  # position in the task stream (ignored where is_replay)
         num, den = self.mix.numerator, self.mix.denominator
-        pairs_before = (js * num) // den
-        is_pair = ((js + 1) * num) // den > pairs_before
+        pairs_before = (ts * num) // den
+        kind = (((ts + 1) * num) // den > pairs_before).astype(np.int64)
+        kind[is_replay] = 2
         idx = np.zeros(js.shape, np.int64)
-        if is_pair.any():
-            idx[is_pair] = self._shuffles["pairwise"].take(pairs_before[is_pair])
-        if not is_pair.all():
-            idx[~is_pair] = self._shuffles["single"].take((js - pairs_before)[~is_pair])
-        return is_pair, idx
+        for k, counter in ((0, ts - pairs_before), (1, pairs_before), (2, replays_before)):
+            sel = kind == k
+            if sel.any():
+                idx[sel] = self._shuffles[k].take(counter[sel])
+        return kind, idx
 
     def stream_example(self, j: int) -> Encoded:
         """Example j of the mixed, shuffled, repeated stream (a pure function of seed and j)."""
-        is_pair, idx = self._stream(np.asarray([j], np.int64))
-        return (self.pairwise if is_pair[0] else self.single)[int(idx[0])]
+        kind, idx = self._stream(np.asarray([j], np.int64))
+        return self._pools[int(kind[0])][int(idx[0])]
 
     def _stream_lengths(self, js: np.ndarray) -> np.ndarray:
-        is_pair, idx = self._stream(js)
+        kind, idx = self._stream(js)
         out = np.zeros(js.shape, np.int64)
-        out[is_pair] = self._lengths["pairwise"][idx[is_pair]]
-        out[~is_pair] = self._lengths["single"][idx[~is_pair]]
+        for k in range(3):
+            sel = kind == k
+            out[sel] = self._lengths[k][idx[sel]]
         return out
 
     # -- packing ---------------------------------------------------------------------------------------
@@ -436,8 +486,7 @@ class BatchBuilder:
         if self.packing:
             return [[self.stream_example(j) for j in self._packed_row(first + r)] for r in range(lo, hi)]
         js = np.arange(first + lo, first + hi, dtype=np.int64)
-        return [[(self.pairwise if p else self.single)[i]] for p, i in zip(*map(np.ndarray.tolist,
-                                                                                  self._stream(js)))]
+        return [[self._pools[k][i]] for k, i in zip(*map(np.ndarray.tolist, self._stream(js)))]
 
     def seq_len(self, step: int) -> int:
         """T of this step's batch (the same on every shard)."""
@@ -473,7 +522,7 @@ class BatchBuilder:
         out = {k: np.zeros(shape, np.float32 if k in ("loss_weights", "loss_mask", "decision_mask",
                                                       "decision_value") else np.int32) for k in BATCH_KEYS}
         out["tokens"].fill(self.pad_id)
-        role_w = {role: self.weights.role(role) for role in (PROMPT, FORMAT, ANSWER, CONFIDENCE, CHOICE)}
+        role_w = {role: self.weights.role(role) for role in (PROMPT, FORMAT, ANSWER, CONFIDENCE, CHOICE, REPLAY)}
         for r, examples in enumerate(rows):
             off = 0
             for s, e in enumerate(examples, start=1):
@@ -496,7 +545,7 @@ class BatchBuilder:
     @property
     def longest_example(self) -> int:
         """Tokens in the longest example this builder can put in a row (the trainer's attention window)."""
-        return max([len(e) for e in self.single] + [len(e) for e in self.pairwise] + [1])
+        return max([len(e) for ex in self._pools for e in ex] + [1])
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -505,10 +554,11 @@ class BatchBuilder:
             return [len(e) for e in ex] or [0]
         return {
             "single": len(self.single), "pairwise": len(self.pairwise), "mix": float(self.mix),
+            "replay": len(self.replay), "replay_share": float(self.replay_share),
             "too_long": dict(self.too_long), "max_len": self.max_len, "packing": self.packing,
             "mean_len_single": float(np.mean(lengths(self.single))),
             "mean_len_pairwise": float(np.mean(lengths(self.pairwise))),
-            "max_len_seen": max(max(lengths(self.single)), max(lengths(self.pairwise))),
+            "max_len_seen": max(max(lengths(ex)) for ex in self._pools),
             "global_batch_size": self.batch_size, "local_batch_size": self.local_batch_size,
         }
 
@@ -535,9 +585,11 @@ def batch_stats(batches: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.nda
             for s in np.unique(seg[r][seg[r] > 0]):
                 task = int(tasks[r][seg[r] == s].max())
                 acc["examples"] += 1
-                acc[{1: "single_examples", 2: "pairwise_examples"}.get(task, "other_examples")] += 1
+                acc[{1: "single_examples", 2: "pairwise_examples", 3: "replay_examples"}.get(
+                    task, "other_examples")] += 1
     slots = max(acc["slots"], 1)
     return {"tokens": acc["tokens"], "slots": acc["slots"], "padding_fraction": 1 - acc["tokens"] / slots,
             "loss_tokens": acc["loss_tokens"], "decision_tokens": acc["decision_tokens"],
             "examples": acc["examples"], "single_examples": acc["single_examples"],
-            "pairwise_examples": acc["pairwise_examples"], "too_long": too_long}
+            "pairwise_examples": acc["pairwise_examples"], "replay_examples": acc["replay_examples"],
+            "too_long": too_long}

@@ -22,6 +22,7 @@ from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.data.records import OPTION_LETTERS, Question
 
 PROMPT, ANSWER, CONFIDENCE, CHOICE, FORMAT = "prompt", "answer", "confidence", "choice", "format"
+REPLAY = "replay"  # the base model's own answer-prompt completion, replayed to keep its answers (training)
 
 
 class TemplateError(ValueError):
@@ -142,7 +143,7 @@ class Segment:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """A rendered training or scoring example. `task` is "single", "pairwise" or "answer"."""
+    """A rendered training or scoring example. `task` is "single", "pairwise" or "replay"."""
 
     task: str
     segments: tuple[Segment, ...]
@@ -212,6 +213,13 @@ def pairwise_prompt(tokenizer, q1: Question, q2: Question) -> str:
     user = PAIRWISE_INSTRUCTION.format(q1=question_block(q1), q2=question_block(q2), hint1=answer_hint(q1),
                                        hint2=answer_hint(q2))
     return prompt_text(tokenizer, user)
+
+
+def replay_example(tokenizer, q: Question, completion: str, instruction: str | None = None) -> Example:
+    """The answer prompt (as sampled) followed by the base model's own greedy completion, every completion
+    token a target: trained alongside the tasks so that the answers the evaluation reads stay the base's."""
+    return Example("replay", (Segment(answer_prompt(tokenizer, q, instruction), PROMPT),
+                              Segment(completion, REPLAY)), dict(question_id=q.id))
 
 
 def single_example(tokenizer, q: Question, answer: str | None, label: str | None, scale: ConfidenceScale,

@@ -2,7 +2,7 @@
 
 A batch (see data/batching.py) carries, per position t of [B, T]: `targets` (the next token),
 `loss_weights` (0 on the prompt; task weight x role weight on the completion), `task_ids` (0 none,
-1 single, 2 pairwise), and for the optional Brier ablation `decision_mask` / `decision_value` (the position
+1 single, 2 pairwise, 3 replay), and for the optional Brier ablation `decision_mask` / `decision_value` (the position
 whose target is the confidence label's decision token, and the target probability y there).
 
 The token loss is sum_t w_t CE_t / sum_t [w_t > 0]: weighted cross-entropy normalised by the number of
@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-TASK_NAMES = {1: "single", 2: "pairwise"}
+TASK_NAMES = {1: "single", 2: "pairwise", 3: "replay"}
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
