@@ -153,3 +153,21 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
             f.write(json.dumps(json_ready(row), ensure_ascii=False, allow_nan=False) + "\n")
             count += 1
     return count
+
+
+# -- spreadsheet-safe CSV cells -------------------------------------------------------------------------
+# A cell that starts with one of these is read by spreadsheet programs as a formula ("=HYPERLINK(...)",
+# "+1+1", "@SUM(...)", "-3") or loses its first character; the quote is the escape itself.
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` made inert for spreadsheets: a leading ``'`` is added when it starts with ``= + - @``, tab,
+    CR or ``'`` (OWASP's CSV-injection advice). :func:`from_spreadsheet_cell` undoes it exactly."""
+    return "'" + text if text.startswith(_FORMULA_LEADS) else text
+
+
+def from_spreadsheet_cell(text: str) -> str:
+    """The inverse of :func:`spreadsheet_cell`: drops a ``'`` that precedes one of the escaped leads, and
+    leaves every other text (a hand-written "'tis") as it is."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_LEADS) else text

@@ -123,6 +123,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     serve.add_argument("--db", default=None, help="SQLite file for the responses (created if missing)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    serve.add_argument("--conditions", default="default,selected",
+                       help="comma-separated conditions, 'selected' or style names (default: %(default)s)")
+    serve.add_argument("--items_per_participant", type=int, default=None,
+                       help="real items each participant rates (default: all)")
+    serve.add_argument("--attention_checks", type=int, default=2,
+                       help="attention checks per participant (default: %(default)s)")
+    serve.add_argument("--seed", type=int, default=0, help="with the participant id, fixes each order "
+                                                           "(default: %(default)s)")
     study_export = actions.add_parser("export", parents=[common], help="write the responses as CSV",
                                       formatter_class=_FORMATTER)
     study_export.add_argument("--db", default=None, help="the study's SQLite file")
@@ -232,7 +240,10 @@ def _run(cmd, args, spec, overrides) -> int:
             return 0
         if not args.items:
             raise ValueError("study serve needs --items=items.jsonl")
-        study.serve(args.items, args.db, host=args.host, port=args.port)
+        conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+        study.serve(args.items, args.db, host=args.host, port=args.port, conditions=conditions,
+                    n_items_per_participant=args.items_per_participant, attention_checks=args.attention_checks,
+                    seed=args.seed)
         return 0
 
     # A model stage: start the process (allocator, compilation cache, multi-host join) before the config

@@ -60,8 +60,14 @@ def make_app(items_path: Path, db_path: Path, **kwargs):
     return app
 
 
+def csrf(client) -> str:
+    """The session's CSRF token (the start page makes one), as a page's form carries it."""
+    html = client.get("/").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
 def sign_in(client, code: str):
-    return client.post("/start", data={"participant_code": code}, follow_redirects=True)
+    return client.post("/start", data={"participant_code": code, "csrf_token": csrf(client)}, follow_redirects=True)
 
 
 def current_item(client) -> tuple[str, int | None, str]:
@@ -75,7 +81,10 @@ def current_item(client) -> tuple[str, int | None, str]:
 
 
 def submit(client, item_id: str, rating: str, own_answer: str = ""):
-    return client.post("/item", data={"item_id": item_id, "rating": rating, "own_answer": own_answer})
+    with client.session_transaction() as session:
+        token = session.get("csrf", "")
+    return client.post("/item", data={"item_id": item_id, "rating": rating, "own_answer": own_answer,
+                                      "csrf_token": token})
 
 
 def db_rows(db_path: Path) -> list[sqlite3.Row]:
@@ -236,7 +245,10 @@ def test_resume_continues_without_repeating_items(tmp_path: Path, items_path: Pa
 @pytest.mark.parametrize(
     "rating, message",
     [("", "Please enter a probability"), ("abc", "is not a number"), ("150", "out of range"),
-     ("-1", "out of range"), ("nan", "out of range"), ("inf", "out of range"), ("100.01", "out of range")],
+     ("100.01", "out of range"), ("-1", "is not a number"), ("nan", "is not a number"), ("inf", "is not a number"),
+     # float() reads all of these; a rating is ASCII digits with an optional decimal point, nothing else
+     ("1_0", "is not a number"), ("1e2", "is not a number"), ("\u0661\u0660", "is not a number"),
+     ("0x10", "is not a number"), ("5 0", "is not a number"), ("+50", "is not a number")],
 )
 def test_invalid_rating_reshows_item_with_error_and_stores_nothing(tmp_path, items_path, rating, message):
     db = tmp_path / "s.db"
@@ -288,22 +300,24 @@ def test_duplicate_and_stale_submissions_are_not_stored(tmp_path, items_path):
     first, second, third = (s.item_id for s in schedule[:3])
     assert current_item(client)[0] == first
     assert submit(client, first, "40").status_code == 303
-    # Same form sent again (double click / back button): rejected, nothing new stored.
+    # Same form sent again (double click / back button): rejected with 409 and the current item, with a
+    # notice saying so; nothing new stored.
     again = submit(client, first, "90")
-    assert again.status_code == 303 and again.headers["Location"].endswith("/item")
+    html = again.get_data(as_text=True)
+    assert again.status_code == 409 and "was not recorded" in html and f'name="item_id" value="{second}"' in html
     # An item further down the sequence (forged or from another tab) is rejected too.
-    assert submit(client, third, "90").status_code == 303
+    assert submit(client, third, "90").status_code == 409
     rows = db_rows(db)
     assert [(r["item_id"], r["rating"]) for r in rows] == [(first, 0.40)]
-    item_id, _, html = current_item(client)
-    assert item_id == second and "was not recorded" in html
+    assert current_item(client)[0] == second
 
 
 def test_unknown_session_and_bad_code_go_back_to_start(tmp_path, items_path):
     client = make_app(items_path, tmp_path / "s.db").test_client()
     assert client.get("/item").headers["Location"].endswith("/")
-    assert client.post("/item", data={"item_id": "q000", "rating": "50"}).status_code == 303
-    response = client.post("/start", data={"participant_code": "bad code!"})
+    token = csrf(client)
+    assert client.post("/item", data={"item_id": "q000", "rating": "50", "csrf_token": token}).status_code == 303
+    response = client.post("/start", data={"participant_code": "bad code!", "csrf_token": token})
     assert response.status_code == 400 and "participant code" in response.get_data(as_text=True)
     assert db_rows(tmp_path / "s.db") == []
 
@@ -449,7 +463,7 @@ def test_concurrent_double_submit_stores_one_row(tmp_path, items_path):
     def send(k: int) -> None:
         client = app.test_client()
         with client.session_transaction() as session:
-            session["participant_id"] = "racer"
+            session["participant_id"], session["csrf"] = "racer", "token"
         start.wait()
         statuses.append(submit(client, item_id, str(k)).status_code)
 
@@ -458,7 +472,7 @@ def test_concurrent_double_submit_stores_one_row(tmp_path, items_path):
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert len(statuses) == n and set(statuses) == {303}
+    assert sorted(statuses) == [303] + [409] * (n - 1)  # one accepted, the others told it was not recorded
     rows = db_rows(db)
     assert [r["item_id"] for r in rows] == [item_id]
 
@@ -481,3 +495,136 @@ def test_database_refuses_a_second_answer_to_the_same_item(tmp_path, items_path)
             )
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening: what a participant or an attacker can send
+
+
+def open_items(tmp_path: Path) -> Path:
+    return write_items(tmp_path / "open.jsonl", [item_record(i) for i in (1, 3, 5, 7, 9, 11)])
+
+
+def test_export_neutralises_formulas_and_gap_reads_them_back(tmp_path):
+    from metacog_jax.perception import gap
+
+    answers = ['=HYPERLINK("http://x","y")', "+1+1", "@SUM(A1)", "-3", "'tis", "'=x"]
+    db = tmp_path / "s.db"
+    client = make_app(open_items(tmp_path), db, attention_checks=0).test_client()
+    sign_in(client, "formulas")
+    for answer in answers:
+        assert submit(client, current_item(client)[0], "50", answer).status_code == 303
+    out = tmp_path / "ratings.csv"
+    study.export_csv(db, out)
+    with out.open(newline="") as f:
+        cells = [r["own_answer"] for r in csv.DictReader(f)]
+    # Each cell a spreadsheet would evaluate (or whose quote it would swallow) starts with the ' escape.
+    assert cells == ["'" + a if a[0] in "=+-@'" else a for a in answers]
+    assert not any(c[0] in "=+-@" for c in cells)
+    assert [r["own_answer"] for r in gap.read_ratings_csv(out)] == answers  # read back exactly
+
+
+@pytest.mark.parametrize("answer", ["a\x00b", "line\r\nbreak", "tab\there", "bell\x07"])
+def test_control_characters_in_own_answers_are_refused(tmp_path, answer):
+    db = tmp_path / "s.db"
+    client = make_app(open_items(tmp_path), db, attention_checks=0).test_client()
+    sign_in(client, "controls")
+    response = submit(client, current_item(client)[0], "50", answer)
+    assert response.status_code == 400 and "control character" in response.get_data(as_text=True)
+    assert db_rows(db) == []
+
+
+def test_oversized_input_is_refused_and_never_echoed(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db).test_client()
+    sign_in(client, "big")
+    item_id = current_item(client)[0]
+    response = submit(client, item_id, "9" * 10_000_000)
+    assert response.status_code == 413 and len(response.get_data()) < 4096
+    # Under the size limit but no rating: refused without putting the text back into the page.
+    long = "7" * 5000
+    response = submit(client, item_id, long)
+    assert response.status_code == 400 and long not in response.get_data(as_text=True)
+    assert len(response.get_data()) < 8192 and db_rows(db) == []
+
+
+@pytest.mark.parametrize("directory", ["x%41", "hash#dir", "what?dir"])
+def test_export_opens_the_database_at_its_real_path(tmp_path, items_path, directory):
+    # "x%41" used to be read as the URI for "xA": here another study sits at that decoded path.
+    for name, code in ((directory, "mine"), ("xA", "theirs")):
+        db = tmp_path / name / "s.db"
+        client = make_app(items_path, db).test_client()
+        sign_in(client, code)
+        item_id, target, _ = current_item(client)
+        submit(client, item_id, str(target) if target is not None else "50")
+    rows = list(study.iter_responses(tmp_path / directory / "s.db"))
+    assert [r["participant_id"] for r in rows] == ["mine"]
+
+
+def test_posts_need_the_session_csrf_token_and_the_same_origin(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db).test_client()
+    token = csrf(client)
+    assert client.post("/start", data={"participant_code": "p1"}).status_code == 400
+    assert client.post("/start", data={"participant_code": "p1", "csrf_token": token + "x"}).status_code == 400
+    other = make_app(items_path, tmp_path / "other.db").test_client()  # a token from another session
+    assert other.post("/start", data={"participant_code": "p1", "csrf_token": token}).status_code == 400
+    forged = client.post("/start", data={"participant_code": "p1", "csrf_token": token},
+                         headers={"Origin": "http://evil.example"})
+    assert forged.status_code == 403
+    assert participant_conditions(db) == {}
+    assert client.post("/start", data={"participant_code": "p1", "csrf_token": token},
+                       headers={"Origin": "http://localhost"}).status_code == 303
+    item_id = current_item(client)[0]
+    assert client.post("/item", data={"item_id": item_id, "rating": "50"}).status_code == 400
+    assert db_rows(db) == []
+
+
+def test_every_page_sends_the_security_headers(tmp_path, items_path):
+    client = make_app(items_path, tmp_path / "s.db").test_client()
+    responses = [client.get("/"), client.post("/start", data={})]
+    sign_in(client, "headers")
+    responses += [client.get("/item"), submit(client, current_item(client)[0], "x")]
+    for response in responses:
+        for name, value in study.SECURITY_HEADERS.items():
+            assert response.headers[name] == value, (response.status_code, name)
+    assert "frame-ancestors 'none'" in study.SECURITY_HEADERS["Content-Security-Policy"]
+
+
+def test_an_answer_after_the_last_item_gets_409(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    client = make_app(items_path, db, attention_checks=0, n_items_per_participant=1).test_client()
+    sign_in(client, "finisher")
+    item_id = current_item(client)[0]
+    assert submit(client, item_id, "60").headers["Location"].endswith("/done")
+    late = submit(client, item_id, "10")
+    assert late.status_code == 409 and "not recorded" in late.get_data(as_text=True)
+    assert [r["rating"] for r in db_rows(db)] == [0.6]
+
+
+def test_the_signing_key_survives_a_restart(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    first = study.create_app(items_path, db).test_client()
+    sign_in(first, "restart")
+    item_id = current_item(first)[0]
+    key_file = tmp_path / "s.db.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+    restarted = study.create_app(items_path, db).test_client()  # a new server process, same database
+    restarted.set_cookie("session", first.get_cookie("session").value)
+    assert current_item(restarted)[0] == item_id  # still signed in, at the same item
+    key_file.write_bytes(b"short")
+    with pytest.raises(ValueError, match="s.db.key holds 5 bytes"):
+        study.create_app(items_path, db)
+
+
+def test_every_study_parameter_is_a_command_line_flag(tmp_path, items_path, monkeypatch):
+    from metacog_jax import cli
+
+    seen = {}
+    monkeypatch.setattr(study, "serve", lambda items, db, **kw: seen.update(kw, items=items, db=db))
+    assert cli.main(["study", "serve", f"--items={items_path}", f"--db={tmp_path / 's.db'}", "--port=8123",
+                     "--conditions=default, sure_short", "--items_per_participant=3", "--attention_checks=1",
+                     "--seed=7"]) == 0
+    assert seen == dict(items=str(items_path), db=str(tmp_path / "s.db"), host="127.0.0.1", port=8123,
+                        conditions=("default", "sure_short"), n_items_per_participant=3, attention_checks=1,
+                        seed=7)

@@ -58,7 +58,7 @@ import numpy as np
 
 from metacog_jax.evaluation import bootstrap, metrics, plots
 from metacog_jax import artifacts
-from metacog_jax.artifacts import iter_jsonl
+from metacog_jax.artifacts import from_spreadsheet_cell, iter_jsonl
 
 RATINGS_COLUMNS = (
     "participant_id",
@@ -208,6 +208,8 @@ def read_ratings_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:1: missing column(s) {missing}; header has {header}")
         for raw in reader:
             where = f"{path}:{reader.line_num}"
+            # Cells escaped against formula injection by `metacog study export` read back as typed.
+            raw = {k: from_spreadsheet_cell(v) if isinstance(v, str) else v for k, v in raw.items()}
             if None in raw:
                 raise ValueError(f"{where}: more values than header columns ({len(header)})")
             if any(v is None for v in raw.values()):

@@ -19,6 +19,11 @@ Concurrency: one sqlite3 connection per request, WAL journal, and every write in
 item is read and answered atomically; UNIQUE(participant_id, item_id) is the last line of defence
 against duplicates. The Flask development server (`serve`) is fine for a study run on localhost; a
 real deployment would put the same WSGI app behind a production server such as waitress.
+
+Input from the network is untrusted: CSRF token and same-origin check on every POST, a request size
+limit, strict parsing of ratings and answers, 409 for answers that are not recorded, security headers
+on every page, and an export whose cells cannot run as spreadsheet formulas (see `create_app`,
+`export_csv`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import random
 import re
 import secrets
 import sqlite3
+import tempfile
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -65,6 +72,23 @@ EXPORT_COLUMNS = (
 )
 MAX_OWN_ANSWER_CHARS = 200
 MAX_OPTIONS = 26
+# Every request body is small (a rating, an optional answer, two ids): anything larger is refused with a
+# 413 before it is read, and nothing oversized is ever echoed back into a page.
+MAX_REQUEST_BYTES = 16 * 1024
+# A rating as typed: ASCII digits with an optional decimal point (and an optional "%"), nothing else
+# (float() would also take "1_0", "1e2", "inf" or non-ASCII digits).
+_RATING_PATTERN = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+MAX_RATING_CHARS = 16
+# Sent with every page: no framing, no scripts or resources from elsewhere, no caching of participants'
+# pages, no referrer (links may carry participant ids).
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SQLITE_TIMEOUT_S = 30.0
 
@@ -322,7 +346,9 @@ CREATE TABLE IF NOT EXISTS responses (
 
 def _connect(db_path: Path, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=_SQLITE_TIMEOUT_S)
+        # The URI is built from the resolved path, percent-encoded (as_uri), so "%41", "#" or "?" in a
+        # directory name open that very file rather than another one or none.
+        conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True, timeout=_SQLITE_TIMEOUT_S)
     else:
         # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE below, so a
         # read-then-write never runs on a stale snapshot.
@@ -388,12 +414,13 @@ def parse_rating_percent(raw: str | None) -> float:
     if raw is None or not raw.strip():
         raise ValueError("Please enter a probability between 0 and 100.")
     text = raw.strip().removesuffix("%").strip()
-    try:
-        percent = float(text)
-    except ValueError:
-        raise ValueError(f"'{raw.strip()}' is not a number. Please enter a number between 0 and 100.") from None
-    if not math.isfinite(percent) or not 0.0 <= percent <= 100.0:
-        raise ValueError(f"{raw.strip()} is out of range. Please enter a number between 0 and 100.")
+    if len(text) > MAX_RATING_CHARS or not _RATING_PATTERN.fullmatch(text):
+        shown = f"'{text}'" if len(text) <= MAX_RATING_CHARS and text.isprintable() else "That"
+        raise ValueError(f"{shown} is not a number. Please enter a number between 0 and 100, digits only "
+                         "(for example 70 or 62.5).")
+    percent = float(text)
+    if not 0.0 <= percent <= 100.0:
+        raise ValueError(f"{text} is out of range. Please enter a number between 0 and 100.")
     return percent / 100.0
 
 
@@ -403,6 +430,9 @@ def _option_letters(n: int) -> list[str]:
 
 def _parse_own_answer(raw: str | None, item: StudyItem) -> str:
     answer = (raw or "").strip()
+    if any(unicodedata.category(ch) == "Cc" for ch in answer):
+        raise ValueError("Your own answer contains a control character (such as a line break or tab); please "
+                         "type it on one line.")
     if item.options:
         if answer and answer not in _option_letters(len(item.options)):
             raise ValueError("Your own answer must be one of the option letters, or left empty.")
@@ -464,6 +494,36 @@ def _assign_participant(
         return condition, schedule
 
 
+def _persistent_key(db_path: Path) -> bytes:
+    """The session-signing key kept beside the database (`<db>.key`, mode 0600), made on first use; a
+    restarted server reads the same key, so participants stay signed in."""
+    key_path = db_path.with_name(db_path.name + ".key")
+    if not key_path.exists():
+        # Written whole to a private temporary file, then linked into place: a second server starting at
+        # the same moment either wins the link or reads the winner's complete key.
+        fd, tmp = tempfile.mkstemp(dir=key_path.parent, prefix=key_path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, key_path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    key = key_path.read_bytes()
+    if len(key) < 32:
+        raise ValueError(f"session key file {key_path} holds {len(key)} bytes, expected 32 or more; delete it to "
+                         "make a new one (participants will then have to sign in again)")
+    return key
+
+
+def _short_page(message: str, status: int) -> tuple[str, int]:
+    """A plain page for refused requests (no template, nothing from the request in it)."""
+    return flask.render_template("message.html", message=message), status
+
+
 def _encode_schedule(schedule: Sequence[ScheduleSlot]) -> str:
     return json.dumps([[slot.item_id, slot.attention_target] for slot in schedule])
 
@@ -497,8 +557,13 @@ def create_app(
     conditions: "selected" and/or fixed style names, assigned so that condition sizes differ by at
     most one. n_items_per_participant: how many real items each participant rates (None: all).
     attention_checks: checks inserted per participant. seed: with the participant code, fixes each
-    participant's order. secret_key signs the session cookie; None draws a random one (then a
-    server restart signs everyone out, and they resume by entering their code again).
+    participant's order. secret_key signs the session cookie; None uses the key kept beside the
+    database (`<db>.key`, made on first use, readable by its owner only), so a restart keeps everyone
+    signed in.
+
+    Every form carries a per-session CSRF token and a POST without it (or from another origin) is
+    refused with 400/403; request bodies over MAX_REQUEST_BYTES get 413; an answer that is not recorded
+    (stale, sent twice, after the last item) gets 409 with the participant's current page.
     """
     items_path = Path(items_path)
     db_path = Path(db_path)
@@ -534,7 +599,9 @@ def create_app(
 
     app = flask.Flask(__name__, template_folder="study_templates")
     app.config.update(
-        SECRET_KEY=secret_key if secret_key is not None else secrets.token_bytes(32),
+        SECRET_KEY=secret_key if secret_key is not None else _persistent_key(db_path),
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        MAX_FORM_MEMORY_SIZE=MAX_REQUEST_BYTES,
         # Lax keeps the session cookie off cross-site POSTs, so another site cannot submit ratings.
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
@@ -554,8 +621,38 @@ def create_app(
         if conn is not None:
             conn.close()
 
+    def csrf_token() -> str:
+        if not isinstance(flask.session.get("csrf"), str):
+            flask.session["csrf"] = secrets.token_urlsafe(32)
+        return flask.session["csrf"]
+
+    app.jinja_env.globals["csrf_token"] = csrf_token
+
+    @app.before_request
+    def check_post():
+        if flask.request.method != "POST":
+            return None
+        origin = flask.request.headers.get("Origin")
+        if origin is not None and origin != flask.request.host_url.rstrip("/"):
+            return _short_page("This form was sent from another site and was not accepted.", 403)
+        sent, expected = flask.request.form.get("csrf_token", ""), flask.session.get("csrf")
+        if not isinstance(expected, str) or not secrets.compare_digest(sent.encode(), expected.encode()):
+            return _short_page("This page has expired. Please go back, reload the page and try again.", 400)
+        return None
+
+    @app.after_request
+    def security_headers(response: flask.Response) -> flask.Response:
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.errorhandler(413)
+    def too_large(_error):
+        return _short_page("That was far more text than an answer needs and was not accepted. Please go "
+                           "back and try again.", 413)
+
     def render_item(code: str, condition: str, schedule: list[ScheduleSlot], position: int,
-                    error: str | None = None, form: dict[str, str] | None = None, status: int = 200):
+                    error: str | None = None, form: dict[str, str] | None = None, status: int = 200,
+                    notice: str | None = None):
         slot = schedule[position]
         item = item_for(slot)
         style = ATTENTION_STYLE if slot.is_attention_check else explanation_style(item, condition)
@@ -575,9 +672,13 @@ def create_app(
             answer_text=answer_text,
             explanation=explanation,
             error=error,
+            notice=notice,
             form=form or {},
         )
         return body, status
+
+    def done_page(code: str, schedule: list[ScheduleSlot], notice: str | None = None, status: int = 200):
+        return flask.render_template("done.html", participant_id=code, total=len(schedule), notice=notice), status
 
     @app.get("/")
     def start():
@@ -630,19 +731,21 @@ def create_app(
                 "SELECT COUNT(*) FROM responses WHERE participant_id = ?", (code,)
             ).fetchone()[0]
             if answered >= len(schedule):
-                flask.flash("You have already rated all items; that answer was not recorded.")
-                return flask.redirect(flask.url_for("done"), code=303)
+                return done_page(code, schedule, "You have already rated all items; that answer was not "
+                                 "recorded.", 409)
             slot = schedule[answered]
             if submitted_id != slot.item_id:
-                flask.flash("That answer was for an item that is not your current one (sent twice, or from an "
-                            "old page), so it was not recorded. Here is your current item.")
-                return flask.redirect(flask.url_for("item_page"), code=303)
+                return render_item(code, condition, schedule, answered, notice=(
+                    "That answer was for an item that is not your current one (sent twice, or from an old "
+                    "page), so it was not recorded. Here is your current item."), status=409)
             item = item_for(slot)
             try:
                 rating = parse_rating_percent(form.get("rating"))
                 own_answer = _parse_own_answer(form.get("own_answer"), item)
             except ValueError as e:
-                kept = {"rating": form.get("rating", ""), "own_answer": form.get("own_answer", "")}
+                # Kept in the form only when short enough to be a real answer: nothing oversized is echoed.
+                kept = {k: form.get(k, "") for k in ("rating", "own_answer")
+                        if len(form.get(k, "")) <= MAX_OWN_ANSWER_CHARS}
                 return render_item(code, condition, schedule, answered, error=str(e), form=kept, status=400)
             if slot.attention_target is not None:
                 style = ATTENTION_STYLE
@@ -661,8 +764,7 @@ def create_app(
                 )
             except sqlite3.IntegrityError:
                 # Unreachable while the count check above holds; kept as a guard, never a duplicate.
-                flask.flash("That answer was already recorded.")
-                return flask.redirect(flask.url_for("item_page"), code=303)
+                return _short_page("That answer was already recorded.", 409)
         if answered + 1 >= len(schedule):
             return flask.redirect(flask.url_for("done"), code=303)
         return flask.redirect(flask.url_for("item_page"), code=303)
@@ -675,7 +777,7 @@ def create_app(
         code, _, schedule, answered = participant
         if answered < len(schedule):
             return flask.redirect(flask.url_for("item_page"), code=303)
-        return flask.render_template("done.html", participant_id=code, total=len(schedule))
+        return done_page(code, schedule)
 
     return app
 
@@ -707,14 +809,17 @@ def iter_responses(db_path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 def export_csv(db_path: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> int:
     """Writes all accepted responses to `out_csv` with columns EXPORT_COLUMNS (see
-    `iter_responses`; attention_passed is empty for non-check rows). The file is written to a
+    `iter_responses`; attention_passed is empty for non-check rows). Text cells that a spreadsheet would
+    run as a formula (a leading = + - @, tab or CR) are escaped with a leading ' (`artifacts.
+    spreadsheet_cell`; `gap.read_ratings_csv` reads them back exactly). The file is written to a
     temporary name and renamed, so a failure leaves no half-written CSV. Returns the row count."""
     rows = list(iter_responses(db_path))
     with artifacts.atomic_output(out_csv, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: ("" if v is None else artifacts.spreadsheet_cell(v) if isinstance(v, str) else v)
+                             for k, v in row.items()})
     return len(rows)
 
 
