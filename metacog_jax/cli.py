@@ -8,7 +8,7 @@
     metacog export   --config=... --workdir=runs/x/S --out=exported_hf_dir
     metacog explain  --config=... --workdir=runs/p2 [--domain=mmlu_pro --n=10]
     metacog gap      --items=items.jsonl --ratings=ratings.csv --out=gap/
-    metacog study serve|export --items=items.jsonl --db=study.sqlite [--port=8000 | --out=ratings.csv]
+    metacog study serve|invite|export --items=items.jsonl --db=study.sqlite [--port=8000 | --n=40 | --out=...]
     metacog demo     --config=configs/demo.py[:quick] --workdir=runs/demo [--data_dir=../shared/data]
     metacog tune     --config=configs/demo.py --workdir=runs/tune --grid train.lr=3e-4,1e-3
 
@@ -131,6 +131,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                        help="attention checks per participant (default: %(default)s)")
     serve.add_argument("--seed", type=int, default=0, help="with the participant id, fixes each order "
                                                            "(default: %(default)s)")
+    serve.add_argument("--entry", default="link", choices=("link", "invite", "code"),
+                       help="how participants arrive: link (the platform's ids in the URL), invite (single-use "
+                            "tokens from `study invite`) or code (typed; anyone who knows a code gets that "
+                            "session) (default: %(default)s)")
+    serve.add_argument("--link_params", default="PROLIFIC_PID,STUDY_ID,SESSION_ID",
+                       help="the link's participant, study and session query parameters (default: %(default)s)")
+    serve.add_argument("--completion_code", default=None, help="code shown on the end page")
+    serve.add_argument("--completion_url", default=None,
+                       help="the platform's completion address, opened from the end page, e.g. "
+                            "https://app.prolific.com/submissions/complete?cc=CODE")
+    serve.add_argument("--expiry_minutes", type=float, default=60.0,
+                       help="a participant neither finished nor active this long stops counting for condition "
+                            "balance (default: %(default)s)")
+    study_invite = actions.add_parser("invite", parents=[common], help="make single-use invitation links",
+                                      formatter_class=_FORMATTER)
+    study_invite.add_argument("--db", default=None, help="the study's SQLite file (created if missing)")
+    study_invite.add_argument("--n", type=int, default=None, help="number of invitations")
+    study_invite.add_argument("--base_url", default="http://127.0.0.1:8000",
+                              help="the study's public address (default: %(default)s)")
+    study_invite.add_argument("--out", default=None, help="file for the links, one a line (default: invites.txt)")
     study_export = actions.add_parser("export", parents=[common], help="write the responses as CSV",
                                       formatter_class=_FORMATTER)
     study_export.add_argument("--db", default=None, help="the study's SQLite file")
@@ -228,12 +248,21 @@ def _run(cmd, args, spec, overrides) -> int:
         print((Path(args.out or "gap") / "gap.md").read_text())
         return 0 if result else 1
     if cmd == "study":
+        from metacog_jax import artifacts
         from metacog_jax.perception import study
 
-        if args.action not in ("serve", "export"):
-            raise ValueError("study needs an action: serve or export")
+        if args.action not in ("serve", "export", "invite"):
+            raise ValueError("study needs an action: serve, invite or export")
         if not args.db:
             raise ValueError("study needs --db=study.sqlite")
+        if args.action == "invite":
+            if args.n is None:
+                raise ValueError("study invite needs --n (the number of invitations)")
+            out = Path(args.out or "invites.txt")
+            links = [f"{args.base_url.rstrip('/')}/?invite={t}" for t in study.create_invites(args.db, args.n)]
+            artifacts.write_text(out, "".join(l + "\n" for l in links))
+            print(f"wrote {len(links)} single-use invitation links to {out} (they are not stored anywhere else)")
+            return 0
         if args.action == "export":
             n = study.export_csv(args.db, args.out or "ratings.csv")
             print(f"wrote {n} responses to {args.out or 'ratings.csv'}")
@@ -243,7 +272,9 @@ def _run(cmd, args, spec, overrides) -> int:
         conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
         study.serve(args.items, args.db, host=args.host, port=args.port, conditions=conditions,
                     n_items_per_participant=args.items_per_participant, attention_checks=args.attention_checks,
-                    seed=args.seed)
+                    seed=args.seed, entry=args.entry, link_params=tuple(args.link_params.split(",")),
+                    completion_code=args.completion_code, completion_url=args.completion_url,
+                    expiry_minutes=args.expiry_minutes)
         return 0
 
     # A model stage: start the process (allocator, compilation cache, multi-host join) before the config

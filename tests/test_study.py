@@ -12,6 +12,7 @@ import json
 import re
 import sqlite3
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -60,14 +61,26 @@ def make_app(items_path: Path, db_path: Path, **kwargs):
     return app
 
 
-def csrf(client) -> str:
-    """The session's CSRF token (the start page makes one), as a page's form carries it."""
-    html = client.get("/").get_data(as_text=True)
+def csrf(client, path: str = "/?PROLIFIC_PID=someone&STUDY_ID=st&SESSION_ID=se") -> str:
+    """The session's CSRF token as the page at `path` (by default a start page) carries it in its form."""
+    html = client.get(path).get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def sign_in(client, code: str):
-    return client.post("/start", data={"participant_code": code, "csrf_token": csrf(client)}, follow_redirects=True)
+def link(code: str, session: str | None = None) -> dict[str, str]:
+    """The start form's fields for participant `code` arriving by a Prolific-style link."""
+    return {"participant": code, "study": "study-1", "session": session or f"{code}-session"}
+
+
+def sign_in(client, code: str, session: str | None = None):
+    """Arrives by the participant's link (GET /?PROLIFIC_PID=...) and presses Start."""
+    f = link(code, session)
+    page = client.get(f"/?PROLIFIC_PID={f['participant']}&STUDY_ID={f['study']}&SESSION_ID={f['session']}")
+    html = page.get_data(as_text=True)
+    for name, value in f.items():  # the start form carries the platform's ids
+        assert f'name="{name}" value="{value}"' in html
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    return client.post("/start", data={**f, "csrf_token": token}, follow_redirects=True)
 
 
 def current_item(client) -> tuple[str, int | None, str]:
@@ -317,9 +330,9 @@ def test_unknown_session_and_bad_code_go_back_to_start(tmp_path, items_path):
     assert client.get("/item").headers["Location"].endswith("/")
     token = csrf(client)
     assert client.post("/item", data={"item_id": "q000", "rating": "50", "csrf_token": token}).status_code == 303
-    response = client.post("/start", data={"participant_code": "bad code!", "csrf_token": token})
-    assert response.status_code == 400 and "participant code" in response.get_data(as_text=True)
-    assert db_rows(tmp_path / "s.db") == []
+    response = client.post("/start", data={**link("bad id!"), "csrf_token": token})
+    assert response.status_code == 400 and "recruiting platform" in response.get_data(as_text=True)
+    assert db_rows(tmp_path / "s.db") == [] and participant_conditions(tmp_path / "s.db") == {}
 
 
 def test_model_text_is_escaped(tmp_path: Path):
@@ -565,15 +578,14 @@ def test_posts_need_the_session_csrf_token_and_the_same_origin(tmp_path, items_p
     db = tmp_path / "s.db"
     client = make_app(items_path, db).test_client()
     token = csrf(client)
-    assert client.post("/start", data={"participant_code": "p1"}).status_code == 400
-    assert client.post("/start", data={"participant_code": "p1", "csrf_token": token + "x"}).status_code == 400
+    assert client.post("/start", data=link("p1")).status_code == 400
+    assert client.post("/start", data={**link("p1"), "csrf_token": token + "x"}).status_code == 400
     other = make_app(items_path, tmp_path / "other.db").test_client()  # a token from another session
-    assert other.post("/start", data={"participant_code": "p1", "csrf_token": token}).status_code == 400
-    forged = client.post("/start", data={"participant_code": "p1", "csrf_token": token},
-                         headers={"Origin": "http://evil.example"})
+    assert other.post("/start", data={**link("p1"), "csrf_token": token}).status_code == 400
+    forged = client.post("/start", data={**link("p1"), "csrf_token": token}, headers={"Origin": "http://evil.example"})
     assert forged.status_code == 403
     assert participant_conditions(db) == {}
-    assert client.post("/start", data={"participant_code": "p1", "csrf_token": token},
+    assert client.post("/start", data={**link("p1"), "csrf_token": token},
                        headers={"Origin": "http://localhost"}).status_code == 303
     item_id = current_item(client)[0]
     assert client.post("/item", data={"item_id": item_id, "rating": "50"}).status_code == 400
@@ -582,7 +594,7 @@ def test_posts_need_the_session_csrf_token_and_the_same_origin(tmp_path, items_p
 
 def test_every_page_sends_the_security_headers(tmp_path, items_path):
     client = make_app(items_path, tmp_path / "s.db").test_client()
-    responses = [client.get("/"), client.post("/start", data={})]
+    responses = [client.get("/"), client.post("/start", data={}), client.get("/?PROLIFIC_PID=a&STUDY_ID=b&SESSION_ID=c")]
     sign_in(client, "headers")
     responses += [client.get("/item"), submit(client, current_item(client)[0], "x")]
     for response in responses:
@@ -627,4 +639,165 @@ def test_every_study_parameter_is_a_command_line_flag(tmp_path, items_path, monk
                      "--seed=7"]) == 0
     assert seen == dict(items=str(items_path), db=str(tmp_path / "s.db"), host="127.0.0.1", port=8123,
                         conditions=("default", "sure_short"), n_items_per_participant=3, attention_checks=1,
-                        seed=7)
+                        seed=7, entry="link", link_params=study.PROLIFIC_PARAMS, completion_code=None,
+                        completion_url=None, expiry_minutes=60.0)
+    seen.clear()
+    assert cli.main(["study", "serve", f"--items={items_path}", f"--db={tmp_path / 's.db'}", "--entry=invite",
+                     "--link_params=PID,SID,SESS", "--completion_code=C0DE", "--completion_url=https://x.test/done",
+                     "--expiry_minutes=15"]) == 0
+    assert (seen["entry"], seen["link_params"], seen["completion_code"], seen["completion_url"],
+            seen["expiry_minutes"]) == ("invite", ("PID", "SID", "SESS"), "C0DE", "https://x.test/done", 15.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry: recruiting-platform links, single-use invitations, typed codes (only when asked for)
+
+
+def test_link_entry_needs_the_platform_ids_and_binds_the_participant_to_its_session(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db)
+    client = app.test_client()
+    bare = client.get("/")
+    assert bare.status_code == 400 and "recruiting platform" in bare.get_data(as_text=True)
+    assert 'name="participant_code"' not in bare.get_data(as_text=True)  # no typing in a code
+    sign_in(client, "5f1a2b3c4d5e6f7a8b9c0d1e")
+    first = current_item(client)[0]
+    assert submit(client, first, "50").status_code == 303
+    # Someone who knows the id but not the session cannot take the participant over ...
+    intruder = app.test_client()
+    token = csrf(intruder)
+    taken = intruder.post("/start", data={**link("5f1a2b3c4d5e6f7a8b9c0d1e", "another-session"), "csrf_token": token})
+    assert taken.status_code == 403 and "another session" in taken.get_data(as_text=True)
+    assert intruder.get("/item").status_code == 303  # still not signed in
+    # ... while the participant's own link resumes where they stopped, in any browser.
+    again = app.test_client()
+    sign_in(again, "5f1a2b3c4d5e6f7a8b9c0d1e")
+    assert current_item(again)[0] != first
+    conn = sqlite3.connect(db)
+    row = conn.execute("SELECT entry, platform_study_id, platform_session_id FROM participants").fetchone()
+    conn.close()
+    assert row == ("link", "study-1", "5f1a2b3c4d5e6f7a8b9c0d1e-session")
+
+
+def test_link_parameter_names_are_configurable(tmp_path, items_path):
+    client = make_app(items_path, tmp_path / "s.db", link_params=("workerId", "hitId", "assignmentId")).test_client()
+    html = client.get("/?workerId=W1&hitId=H1&assignmentId=A1").get_data(as_text=True)
+    assert 'name="participant" value="W1"' in html and 'name="session" value="A1"' in html
+    assert client.get("/?PROLIFIC_PID=W1&STUDY_ID=H1&SESSION_ID=A1").status_code == 400
+    with pytest.raises(ValueError, match="link_params"):
+        make_app(items_path, tmp_path / "t.db", link_params=("a", "a", "b"))
+
+
+def test_invites_are_unguessable_single_use_and_stored_hashed(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    tokens = study.create_invites(db, 3)
+    assert len(set(tokens)) == 3 and all(len(t) >= 32 for t in tokens)
+    app = make_app(items_path, db, entry="invite")
+    alice, mallory = app.test_client(), app.test_client()
+    assert alice.get("/").status_code == 400 and alice.get("/?invite=short").status_code == 400
+    unknown = "x" * 32
+    page = mallory.get(f"/?invite={unknown}").get_data(as_text=True)  # well-formed, never issued
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert mallory.post("/start", data={"invite": unknown, "csrf_token": token}).status_code == 403
+
+    def use(client, invite):
+        html = client.get(f"/?invite={invite}").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+        return client.post("/start", data={"invite": invite, "csrf_token": token})
+
+    assert use(alice, tokens[0]).status_code == 303
+    item_id = current_item(alice)[0]
+    assert use(mallory, tokens[0]).status_code == 403  # used: nobody else gets in with it
+    assert mallory.get("/item").status_code == 303
+    # The owner opening her link again goes back to her item; her start form sent again signs her in again.
+    assert alice.get(f"/?invite={tokens[0]}").headers["Location"].endswith("/item")
+    with alice.session_transaction() as session:
+        token = session["csrf"]
+    assert alice.post("/start", data={"invite": tokens[0], "csrf_token": token}).status_code == 303
+    assert current_item(alice)[0] == item_id
+    assert use(mallory, tokens[1]).status_code == 303
+    ids = participant_conditions(db)
+    assert len(ids) == 2 and all(p.startswith("invite-") for p in ids)
+    raw = db.read_bytes() + (db.with_name("s.db-wal").read_bytes() if db.with_name("s.db-wal").exists() else b"")
+    assert not any(t.encode() in raw for t in tokens)  # only hashes are kept
+    with pytest.raises(ValueError, match=">= 1"):
+        study.create_invites(db, 0)
+
+
+def test_invite_command_writes_the_links(tmp_path):
+    from metacog_jax import cli
+
+    out = tmp_path / "links.txt"
+    assert cli.main(["study", "invite", f"--db={tmp_path / 's.db'}", "--n=4", "--base_url=https://study.test/",
+                     f"--out={out}"]) == 0
+    links = out.read_text().split()
+    assert len(links) == 4 and all(re.fullmatch(r"https://study\.test/\?invite=[A-Za-z0-9_-]{32}", l) for l in links)
+
+
+def test_typed_codes_only_when_asked_for_and_not_one_character(tmp_path, items_path):
+    client = make_app(items_path, tmp_path / "s.db", entry="code").test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert 'name="participant_code"' in html
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    short = client.post("/start", data={"participant_code": "a", "csrf_token": token})
+    assert short.status_code == 400 and "6 to 64" in short.get_data(as_text=True)
+    assert client.post("/start", data={"participant_code": "abc123", "csrf_token": token}).status_code == 303
+    with pytest.raises(ValueError, match="entry must be one of link, invite, code"):
+        make_app(items_path, tmp_path / "t.db", entry="open")
+
+
+def test_end_page_shows_the_completion_code_and_returns_to_the_platform(tmp_path, items_path):
+    url = "https://app.prolific.com/submissions/complete?cc=C1A2B3"
+    client = make_app(items_path, tmp_path / "s.db", attention_checks=0, n_items_per_participant=1,
+                      completion_code="C1A2B3", completion_url=url).test_client()
+    sign_in(client, "finisher")
+    submit(client, current_item(client)[0], "70")
+    html = client.get("/done").get_data(as_text=True)
+    assert 'id="completion-code">C1A2B3<' in html
+    assert 'href="https://app.prolific.com/submissions/complete?cc=C1A2B3"' in html
+    assert 'http-equiv="refresh" content="5; url=https://app.prolific.com/submissions/complete?cc=C1A2B3"' in html
+    for bad in ("javascript:alert(1)", 'https://x.test/"><script>'):
+        with pytest.raises(ValueError, match="completion_url"):
+            make_app(items_path, tmp_path / "t.db", completion_url=bad)
+
+
+def test_balance_counts_completed_and_active_participants_only(tmp_path, items_path):
+    db = tmp_path / "s.db"
+    app = make_app(items_path, db, attention_checks=0, n_items_per_participant=1, expiry_minutes=30)
+
+    def arrive(code):
+        client = app.test_client()
+        sign_in(client, code)
+        return client
+
+    def age(code, minutes):
+        conn = sqlite3.connect(db)
+        then = datetime.now(timezone.utc) - timedelta(minutes=minutes)
+        conn.execute("UPDATE participants SET last_seen = ? WHERE participant_id = ?", (then.isoformat(), code))
+        conn.commit()
+        conn.close()
+
+    arrive("p1")  # default
+    p2 = arrive("p2")  # selected
+    submit(p2, current_item(p2)[0], "40")  # completes
+    age("p1", 45), age("p2", 45)  # p1 abandoned 45 min ago; p2 finished 45 min ago
+    arrive("p3")  # default has no one who counts (p1 expired), selected has p2 (completed): default
+    arrive("p4")  # default 1 (p3 active), selected 1: a tie goes to the first condition
+    arrive("p5")
+    assert participant_conditions(db) == {"p1": "default", "p2": "selected", "p3": "default", "p4": "default",
+                                          "p5": "selected"}
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    assert study.condition_counts(conn, ("default", "selected"), 30 * 60) == {"default": 2, "selected": 2}
+    conn.close()
+
+
+def test_a_database_of_the_old_layout_is_refused(tmp_path, items_path):
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE study_config (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO study_config VALUES ('seed', '0')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match="different study configuration .*schema"):
+        make_app(items_path, db)

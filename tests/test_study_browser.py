@@ -93,8 +93,8 @@ def new_browser(tmp_path: Path) -> Iterator:
 
 
 def start(driver, base_url: str, code: str) -> None:
-    driver.get(base_url + "/")
-    driver.find_element(By.ID, "participant_code").send_keys(code)
+    """Arrives by the participant's recruiting-platform link and presses Start."""
+    driver.get(f"{base_url}/?PROLIFIC_PID={code}&STUDY_ID=browser-study&SESSION_ID={code}-session")
     driver.find_element(By.ID, "start").click()
     WebDriverWait(driver, WAIT_S).until(EC.presence_of_element_located((By.ID, "progress")))
 
@@ -213,3 +213,32 @@ def test_two_participants_interleave_in_two_browsers(live_study, new_browser, tm
     assert sorted(conditions.values()) == ["default", "selected"]
     selected = next(code for code, c in conditions.items() if c == "selected")
     assert {r["style"] for r in rows if r["participant_id"] == selected} == {"sure_long"}
+
+
+def test_the_end_page_returns_the_participant_to_the_platform(new_browser, tmp_path):
+    """Under the app's content security policy the end page shows the completion code and its refresh
+    takes the browser to the completion address (here a stand-in platform on another port)."""
+    def platform(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"<p id='platform'>submission complete</p>"]
+
+    servers = [make_server("127.0.0.1", 0, platform, threaded=True)]
+    completion = f"http://127.0.0.1:{servers[0].server_port}/submissions/complete?cc=C1A2B3"
+    app = study.create_app(write_items(tmp_path / "items.jsonl"), tmp_path / "study.db", attention_checks=0,
+                           n_items_per_participant=1, completion_code="C1A2B3", completion_url=completion)
+    servers.append(make_server("127.0.0.1", 0, app, threaded=True))
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    try:
+        driver = new_browser()
+        start(driver, f"http://127.0.0.1:{servers[1].server_port}", "returner")
+        answer(driver, "60")
+        assert driver.find_element(By.ID, "completion-code").text == "C1A2B3"
+        WebDriverWait(driver, WAIT_S).until(EC.presence_of_element_located((By.ID, "platform")))
+        assert driver.current_url == completion
+    finally:
+        for s in servers:
+            s.shutdown()
+        for t in threads:
+            t.join(timeout=10)

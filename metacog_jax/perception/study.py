@@ -2,8 +2,9 @@
 model's answer and an explanation, and say how likely they think the answer is correct.
 
 Flow: `load_items` reads and validates the items file (JSONL, one item per line); `create_app`
-builds the web app over an SQLite database; participants sign in with a code, are assigned to the
-condition with the fewest participants, rate their items one at a time in a fixed per-participant
+builds the web app over an SQLite database; participants arrive by a recruiting platform's link (or a
+single-use invitation, or a typed code; see ENTRIES), are assigned to the condition with the fewest
+completed-or-active participants, rate their items one at a time in a fixed per-participant
 order with attention checks mixed in, and every accepted rating is stored at once. `export_csv`
 writes all accepted ratings as one CSV for the calibration-gap analysis.
 
@@ -80,16 +81,28 @@ MAX_REQUEST_BYTES = 16 * 1024
 _RATING_PATTERN = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 MAX_RATING_CHARS = 16
 # Sent with every page: no framing, no scripts or resources from elsewhere, no caching of participants'
-# pages, no referrer (links may carry participant ids).
+# pages, no referrer to other sites (links carry participant ids; "no-referrer" would make browsers send
+# "Origin: null" on the study's own forms).
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
                                 "frame-ancestors 'none'; base-uri 'none'"),
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
-_CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# How participants arrive (create_app's `entry`):
+#   "link"   - a recruiting platform's link carrying its participant, study and session ids in the query
+#              (Prolific: ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=...); a participant id comes back only
+#              with the session id it started with, so knowing someone's id is not enough to take over.
+#   "invite" - ?invite=TOKEN, an unguessable single-use token made by `create_invites`.
+#   "code"   - a code typed on the start page (anyone who knows or guesses a code gets that session).
+ENTRIES = ("link", "invite", "code")
+PROLIFIC_PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{5,63}", re.ASCII)
+_INVITE_PATTERN = re.compile(r"[A-Za-z0-9_-]{20,64}", re.ASCII)
+SCHEMA_VERSION = "2"
 _SQLITE_TIMEOUT_S = 30.0
 
 
@@ -317,7 +330,13 @@ def participant_schedule(
 # ----------------------------------------------------------------------------------------------
 # Database
 
-_SCHEMA = """
+_INVITES_TABLE = """CREATE TABLE IF NOT EXISTS invites (
+    token_sha256 TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    participant_id TEXT,
+    used_at TEXT
+)"""
+_SCHEMA = _INVITES_TABLE + ";" + """
 CREATE TABLE IF NOT EXISTS study_config (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -326,7 +345,12 @@ CREATE TABLE IF NOT EXISTS participants (
     participant_id TEXT PRIMARY KEY,
     condition TEXT NOT NULL,
     schedule TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    n_slots INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    platform_study_id TEXT,
+    platform_session_id TEXT,
+    created_at TEXT NOT NULL,
+    last_seen TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS responses (
     participant_id TEXT NOT NULL REFERENCES participants(participant_id),
@@ -467,31 +491,68 @@ def _validate_conditions(conditions: Sequence[str], items: Sequence[StudyItem], 
     return conditions
 
 
-def _assign_participant(
-    conn: sqlite3.Connection,
-    code: str,
-    conditions: tuple[str, ...],
-    make_schedule: Any,
-) -> tuple[str, list[ScheduleSlot]]:
-    """Returns (condition, schedule) for `code`, registering a new participant in the condition
-    with the fewest participants so far (ties go to the earliest in `conditions`)."""
-    with _WriteTransaction(conn):
-        row = conn.execute(
-            "SELECT condition, schedule FROM participants WHERE participant_id = ?", (code,)
-        ).fetchone()
-        if row is not None:
-            return row["condition"], _decode_schedule(row["schedule"])
-        counts = dict.fromkeys(conditions, 0)
-        for condition, count in conn.execute("SELECT condition, COUNT(*) FROM participants GROUP BY condition"):
-            if condition in counts:
-                counts[condition] = count
-        condition = min(conditions, key=lambda c: (counts[c], conditions.index(c)))
-        schedule: list[ScheduleSlot] = make_schedule(code)
-        conn.execute(
-            "INSERT INTO participants (participant_id, condition, schedule, created_at) VALUES (?, ?, ?, ?)",
-            (code, condition, _encode_schedule(schedule), _utc_now()),
-        )
-        return condition, schedule
+def condition_counts(conn: sqlite3.Connection, conditions: Sequence[str], expiry_s: float,
+                     now: datetime | None = None) -> dict[str, int]:
+    """Participants per condition who count for balance: those who completed their schedule and those
+    active within the last `expiry_s` seconds; abandoned sessions stop counting once they expire."""
+    cutoff = ((now or datetime.now(timezone.utc)).timestamp() - expiry_s)
+    counts = dict.fromkeys(conditions, 0)
+    rows = conn.execute(
+        "SELECT p.condition, p.n_slots, p.last_seen, (SELECT COUNT(*) FROM responses r "
+        "WHERE r.participant_id = p.participant_id) AS answered FROM participants p").fetchall()
+    for row in rows:
+        if row["condition"] in counts and (row["answered"] >= row["n_slots"]
+                                           or datetime.fromisoformat(row["last_seen"]).timestamp() >= cutoff):
+            counts[row["condition"]] += 1
+    return counts
+
+
+def _register_participant(conn: sqlite3.Connection, code: str, conditions: tuple[str, ...], make_schedule: Any,
+                          expiry_s: float, entry: str, platform: tuple[str, str] | None = None) -> None:
+    """Registers `code` (inside the caller's write transaction) in the condition with the fewest
+    completed-or-active participants (ties: the earliest in `conditions`)."""
+    counts = condition_counts(conn, conditions, expiry_s)
+    condition = min(conditions, key=lambda c: (counts[c], conditions.index(c)))
+    schedule: list[ScheduleSlot] = make_schedule(code)
+    now = _utc_now()
+    study_id, session_id = platform if platform is not None else (None, None)
+    conn.execute(
+        "INSERT INTO participants (participant_id, condition, schedule, n_slots, entry, platform_study_id, "
+        "platform_session_id, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (code, condition, _encode_schedule(schedule), len(schedule), entry, study_id, session_id, now, now),
+    )
+
+
+class EntryRefused(Exception):
+    """A sign-in the study turns away; the message is shown to the person."""
+
+    def __init__(self, message: str, status: int = 403):
+        super().__init__(message)
+        self.status = status
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_invites(db_path: str | os.PathLike[str], n: int) -> list[str]:
+    """Makes `n` single-use invite tokens for the study in `db_path` (created if absent) and returns them.
+    Only their SHA-256 is stored, so the tokens are shown this once: hand out the links made from them."""
+    if n < 1:
+        raise ValueError(f"the number of invites must be >= 1, got {n}")
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tokens = [secrets.token_urlsafe(24) for _ in range(n)]
+    conn = _connect(db_path)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        with _WriteTransaction(conn):
+            conn.execute(_INVITES_TABLE)  # the invites table only: the study itself may not be set up yet
+            conn.executemany("INSERT INTO invites (token_sha256, created_at) VALUES (?, ?)",
+                             [(_hash_token(t), _utc_now()) for t in tokens])
+    finally:
+        conn.close()
+    return tokens
 
 
 def _persistent_key(db_path: Path) -> bytes:
@@ -549,6 +610,11 @@ def create_app(
     attention_checks: int = 2,
     seed: int = 0,
     secret_key: str | bytes | None = None,
+    entry: str = "link",
+    link_params: Sequence[str] = PROLIFIC_PARAMS,
+    completion_code: str | None = None,
+    completion_url: str | None = None,
+    expiry_minutes: float = 60.0,
 ) -> flask.Flask:
     """Builds the study web app.
 
@@ -560,6 +626,12 @@ def create_app(
     participant's order. secret_key signs the session cookie; None uses the key kept beside the
     database (`<db>.key`, made on first use, readable by its owner only), so a restart keeps everyone
     signed in.
+
+    entry: how participants arrive, one of ENTRIES ("link": the platform's ids in the query string, named
+    by `link_params` = (participant, study, session); "invite": single-use tokens from `create_invites`;
+    "code": a typed code). completion_code: shown on the end page; completion_url: the platform's
+    completion address, linked and opened from the end page. expiry_minutes: a participant who has
+    neither completed nor been active for this long stops counting towards condition balance.
 
     Every form carries a per-session CSRF token and a POST without it (or from another origin) is
     refused with 400/403; request bodies over MAX_REQUEST_BYTES get 413; an answer that is not recorded
@@ -573,6 +645,19 @@ def create_app(
         raise ValueError(f"n_items_per_participant must be in [1, {len(items)}], got {n_items_per_participant}")
     if attention_checks < 0:
         raise ValueError(f"attention_checks must be >= 0, got {attention_checks}")
+    if entry not in ENTRIES:
+        raise ValueError(f"entry must be one of {', '.join(ENTRIES)}, got {entry!r}")
+    link_params = tuple(link_params)
+    if len(link_params) != 3 or len(set(link_params)) != 3 or not all(_ID_PATTERN.fullmatch(p) for p in link_params):
+        raise ValueError(f"link_params must name three different query parameters (participant, study, session), "
+                         f"got {link_params}")
+    if completion_url is not None and not re.fullmatch(r"https?://[^\s\"'<>]+", completion_url):
+        raise ValueError(f"completion_url must be an http(s) address, got {completion_url!r}")
+    if completion_code is not None and not _ID_PATTERN.fullmatch(completion_code):
+        raise ValueError(f"completion_code must be 1-64 letters, digits, '.', '_' or '-', got {completion_code!r}")
+    if not expiry_minutes > 0:
+        raise ValueError(f"expiry_minutes must be > 0, got {expiry_minutes}")
+    expiry_s = 60.0 * expiry_minutes
     items_by_id = {item.item_id: item for item in items}
     item_ids = [item.item_id for item in items]
     items_digest = hashlib.sha256(
@@ -586,6 +671,7 @@ def create_app(
             "n_items_per_participant": json.dumps(n_items_per_participant),
             "attention_checks": json.dumps(attention_checks),
             "seed": json.dumps(seed),
+            "schema": SCHEMA_VERSION,
         },
     )
 
@@ -678,21 +764,79 @@ def create_app(
         return body, status
 
     def done_page(code: str, schedule: list[ScheduleSlot], notice: str | None = None, status: int = 200):
-        return flask.render_template("done.html", participant_id=code, total=len(schedule), notice=notice), status
+        return flask.render_template("done.html", participant_id=code, total=len(schedule), notice=notice,
+                                     completion_code=completion_code, completion_url=completion_url), status
+
+    def start_page(error: str | None = None, status: int = 200, **fields: str):
+        return flask.render_template("start.html", entry=entry, error=error, fields=fields,
+                                     link_params=link_params), status
 
     @app.get("/")
     def start():
-        return flask.render_template("start.html", error=None, code="")
+        if current_participant() is not None:
+            return flask.redirect(flask.url_for("item_page"), code=303)
+        args = flask.request.args
+        if entry == "code":
+            return start_page()
+        if entry == "invite":
+            token = args.get("invite", "")
+            if not _INVITE_PATTERN.fullmatch(token):
+                return start_page("Please open the study from the invitation link you were given.", 400)
+            return start_page(invite=token)
+        ids = [args.get(p, "") for p in link_params]
+        if not all(_ID_PATTERN.fullmatch(v) for v in ids):
+            return start_page("Please open the study from the link on your recruiting platform.", 400)
+        return start_page(**dict(zip(("participant", "study", "session"), ids)))
+
+    def sign_in_from_form(conn: sqlite3.Connection, form) -> str:
+        """The participant id this start form signs in (registering it if new); EntryRefused if it may not."""
+        if entry == "code":
+            code = (form.get("participant_code") or "").strip()
+            if not _CODE_PATTERN.fullmatch(code):
+                raise EntryRefused("Please enter your participant code: 6 to 64 letters, digits, '.', '_' or '-', "
+                                   "starting with a letter or digit.", 400)
+            if conn.execute("SELECT 1 FROM participants WHERE participant_id = ?", (code,)).fetchone() is None:
+                _register_participant(conn, code, conditions, make_schedule, expiry_s, entry)
+            return code
+        if entry == "invite":
+            token = form.get("invite", "")
+            row = conn.execute("SELECT participant_id FROM invites WHERE token_sha256 = ?",
+                               (_hash_token(token),)).fetchone() if _INVITE_PATTERN.fullmatch(token) else None
+            if row is None:
+                raise EntryRefused("This invitation link is not valid. Please check that you copied all of it.")
+            if row["participant_id"] is not None:
+                if flask.session.get("participant_id") == row["participant_id"]:
+                    return row["participant_id"]
+                raise EntryRefused("This invitation has already been used. Each invitation works once, in the "
+                                   "browser where it was first opened.")
+            code = "invite-" + _hash_token(token)[:16]
+            _register_participant(conn, code, conditions, make_schedule, expiry_s, entry)
+            conn.execute("UPDATE invites SET participant_id = ?, used_at = ? WHERE token_sha256 = ?",
+                         (code, _utc_now(), _hash_token(token)))
+            return code
+        ids = [form.get(k, "") for k in ("participant", "study", "session")]
+        if not all(_ID_PATTERN.fullmatch(v) for v in ids):
+            raise EntryRefused("Please open the study from the link on your recruiting platform.", 400)
+        code, study_id, session_id = ids
+        row = conn.execute("SELECT platform_study_id, platform_session_id FROM participants WHERE participant_id = ?",
+                           (code,)).fetchone()
+        if row is None:
+            _register_participant(conn, code, conditions, make_schedule, expiry_s, entry, (study_id, session_id))
+        elif (row["platform_study_id"], row["platform_session_id"]) != (study_id, session_id):
+            raise EntryRefused("This participant id has already started the study in another session. Please "
+                               "continue from the link of that session.")
+        return code
 
     @app.post("/start")
     def start_post():
-        code = (flask.request.form.get("participant_code") or "").strip()
-        if not _CODE_PATTERN.match(code):
-            error = ("Please enter your participant code: 1 to 64 letters, digits, '.', '_' or '-', "
-                     "starting with a letter or digit.")
-            return flask.render_template("start.html", error=error, code=code), 400
-        _assign_participant(db(), code, conditions, make_schedule)
-        flask.session.clear()
+        conn = db()
+        try:
+            with _WriteTransaction(conn):
+                code = sign_in_from_form(conn, flask.request.form)
+                conn.execute("UPDATE participants SET last_seen = ? WHERE participant_id = ?", (_utc_now(), code))
+        except EntryRefused as refused:
+            return start_page(str(refused), refused.status)
+        flask.session.clear()  # a fresh session (and CSRF token) for the signed-in participant
         flask.session["participant_id"] = code
         return flask.redirect(flask.url_for("item_page"), code=303)
 
@@ -762,6 +906,7 @@ def create_app(
                     (code, answered, slot.item_id, style, rating, own_answer,
                      int(slot.is_attention_check), passed, _utc_now()),
                 )
+                conn.execute("UPDATE participants SET last_seen = ? WHERE participant_id = ?", (_utc_now(), code))
             except sqlite3.IntegrityError:
                 # Unreachable while the count check above holds; kept as a guard, never a duplicate.
                 return _short_page("That answer was already recorded.", 409)
