@@ -114,6 +114,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     gap.add_argument("--items", default=None, help="items.jsonl written by `metacog explain`")
     gap.add_argument("--ratings", default=None, help="ratings.csv written by `metacog study export`")
     gap.add_argument("--out", default=None, help="output directory (default: gap)")
+    gap.add_argument("--theta", default=None, metavar="T1,T2",
+                     help="selection-rule thresholds for the post-hoc selection (default: cross-fitted)")
+    gap.add_argument("--folds", type=int, default=5, help="folds of the items for cross-fitting θ (default: %(default)s)")
 
     study = command("study")
     actions = study.add_subparsers(dest="action", title="actions", metavar="ACTION")
@@ -243,8 +246,16 @@ def _run(cmd, args, spec, overrides) -> int:
 
         if not (args.items and args.ratings):
             raise ValueError("gap needs --items=items.jsonl and --ratings=ratings.csv")
+        theta = None
+        if args.theta is not None:
+            try:
+                theta = tuple(float(v) for v in args.theta.split(","))
+            except ValueError:
+                theta = ()
+            if len(theta) != 2:
+                raise ValueError(f"--theta={args.theta!r}: expected two numbers T1,T2 (e.g. 0.4,0.6)")
         result = gap.gap_report(gap.read_items_jsonl(args.items), gap.read_ratings_csv(args.ratings),
-                                args.out or "gap")
+                                args.out or "gap", theta=theta, n_folds=args.folds)
         print((Path(args.out or "gap") / "gap.md").read_text())
         return 0 if result else 1
     if cmd == "study":

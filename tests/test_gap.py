@@ -7,6 +7,7 @@ import json
 import math
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from metacog_jax.evaluation import bootstrap
@@ -257,3 +258,96 @@ def test_unknown_item_and_empty_condition_rejected():
         gap.calibration_gap(ITEMS, _ratings(), condition="nope", n_resamples=1)
     with pytest.raises(ValueError, match=r"rating = 80"):
         gap.calibration_gap(ITEMS, [_row("Z", "default", "q1", 80)], n_resamples=1)
+
+
+# ---- the paper's post-hoc selection ----------------------------------------------------------------
+# Three clusters of 20 items: model confidence 0.15 / 0.45 / 0.85, of which 0 / 6 / 20 are answered
+# right. Six participants, one per style (not sure / somewhat sure / sure x long / short), rate every
+# item: "not sure" 0.02, "somewhat sure" 0.3, "sure" 0.98. A rule with 0.15 <= θ1 < 0.45 <= θ2 < 0.85
+# shows each cluster the style whose rating is nearest its accuracy. Every other rule pools clusters
+# under one rating far from their joint accuracy; and no single style is calibrated for all items (the
+# overall accuracy 0.43 is no style's rating), which ECE minimisation would otherwise prefer.
+LEVELS = (("not_sure", 0.15, 0, 0.02), ("somewhat_sure", 0.45, 6, 0.3), ("sure", 0.85, 20, 0.98))
+PH_ITEMS = [{"item_id": f"{name}{k}", "correct": k < n_right, "model_confidence": conf}
+            for name, conf, n_right, _ in LEVELS for k in range(20)]
+
+
+def _posthoc_ratings(jitter=0.0):
+    rows = []
+    for name, _, _, value in LEVELS:
+        for length in ("long", "short"):
+            style = f"{name}_{length}"
+            for j, item in enumerate(PH_ITEMS):
+                rows.append(_row(f"P-{style}", style, item["item_id"], value + jitter * ((j % 3) - 1), style=style))
+    return rows + ATTENTION
+
+
+def _np_ece(conf, correct, n_bins=10):
+    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    return sum(np.mean(bins == b) * abs(conf[bins == b].mean() - correct[bins == b].mean())
+               for b in range(n_bins) if np.any(bins == b))
+
+
+def test_posthoc_selection_with_given_thresholds_keeps_the_rule_s_style():
+    ratings = _posthoc_ratings(jitter=0.01)
+    r = gap.posthoc_selection(PH_ITEMS, ratings, length="long", theta=(0.4, 0.6), n_resamples=20)
+    # θ = (0.4, 0.6): 0.15 -> not sure, 0.45 -> somewhat sure, 0.85 -> sure; one long-style rating per item.
+    level = {0.15: "not_sure", 0.45: "somewhat_sure", 0.85: "sure"}
+    correct = {i["item_id"]: i["correct"] for i in PH_ITEMS}
+    conf = {i["item_id"]: i["model_confidence"] for i in PH_ITEMS}
+    kept = [row for row in ratings if not row["is_attention_check"]
+            and row["style"] == f"{level[conf[row['item_id']]]}_long"]
+    assert len(kept) == 60 and r["metrics"]["n_selected_ratings"]["estimate"] == 60
+    expected = _np_ece([row["rating"] for row in kept], [correct[row["item_id"]] for row in kept])
+    assert r["metrics"]["human_ece"]["estimate"] == pytest.approx(expected, abs=1e-6)
+    assert r["metrics"]["model_ece"]["estimate"] == pytest.approx(0.15, abs=1e-6)
+    assert r["theta"] == {"given": [0.4, 0.6]} and r["n_attention_checks_excluded"] == 0
+    assert r["condition"] == "selected (post hoc, long)" and r["n_ratings"] == 180
+
+
+def test_posthoc_selection_cross_fits_thresholds_on_the_other_folds():
+    ratings = _posthoc_ratings()
+    r = gap.posthoc_selection(PH_ITEMS, ratings, n_folds=4, n_resamples=30)
+    for t1, t2 in r["theta"]["cross_fitted"]["per_fold"]:
+        assert 0.15 <= t1 < 0.45 <= t2 < 0.85  # the rule under which people are best calibrated
+    given = gap.posthoc_selection(PH_ITEMS, ratings, theta=(0.4, 0.6), n_resamples=5)
+    assert r["metrics"]["human_ece"]["estimate"] == pytest.approx(given["metrics"]["human_ece"]["estimate"])
+    assert r["metrics"]["n_selected_ratings"]["estimate"] == 120  # both lengths
+    assert r["bootstrap"]["scheme"].endswith("θ refit in every resample")
+    assert r["metrics"]["theta1"]["low"] <= r["metrics"]["theta1"]["estimate"] <= r["metrics"]["theta1"]["high"]
+    # A fold's θ comes from the other folds only: reversing the ratings of fold 0's items leaves fold 0's
+    # θ as it was (its own items are then judged with it, and are now badly calibrated).
+    data = gap.gap_data(PH_ITEMS, [x for x in ratings if not x["is_attention_check"]])
+    folds = gap._item_folds(data.item_ids, 4, 0)
+    in_fold0 = {data.item_ids[i] for i in np.nonzero(folds == 0)[0]}
+    spoiled = [dict(x, rating=1.0 - x["rating"]) if x["item_id"] in in_fold0 else x for x in ratings]
+    again = gap.posthoc_selection(PH_ITEMS, spoiled, n_folds=4, n_resamples=5)
+    assert again["theta"]["cross_fitted"]["per_fold"][0] == r["theta"]["cross_fitted"]["per_fold"][0]
+    assert again["metrics"]["human_ece"]["estimate"] > r["metrics"]["human_ece"]["estimate"] + 0.1
+
+
+def test_posthoc_selection_errors_name_the_problem():
+    with pytest.raises(ValueError, match="no ratings in the 3 x 3 styles"):
+        gap.posthoc_selection(ITEMS, _ratings() + ATTENTION, length="uncertainty_only")
+    with pytest.raises(ValueError, match="length must be one of"):
+        gap.posthoc_selection(PH_ITEMS, _posthoc_ratings(), length="medium")
+    with pytest.raises(ValueError, match="theta1 <= theta2"):
+        gap.posthoc_selection(PH_ITEMS, _posthoc_ratings(), theta=(0.7, 0.2))
+    with pytest.raises(ValueError, match="n_folds"):
+        gap.posthoc_selection(PH_ITEMS, _posthoc_ratings(), n_folds=61)
+
+
+def test_gap_report_adds_the_posthoc_table(tmp_path):
+    report = gap.gap_report(PH_ITEMS, _posthoc_ratings(), tmp_path, n_resamples=20)
+    assert list(report["posthoc"]) == ["long", "short", "all"]
+    md = (tmp_path / "gap.md").read_text()
+    assert "## Post-hoc selection (the paper's analysis)" in md and "θ cross-fitted: 5 folds" in md
+    assert "| selected (post hoc, all lengths) |" in md
+    assert (tmp_path / "reliability_human_posthoc_all.png").stat().st_size > 0
+    given = gap.gap_report(PH_ITEMS, _posthoc_ratings(), tmp_path / "given", n_resamples=20, theta=(0.4, 0.6))
+    assert given["posthoc"]["long"]["theta"] == {"given": [0.4, 0.6]}
+    assert "θ given: 0.4, 0.6" in (tmp_path / "given" / "gap.md").read_text()
+    plain = gap.gap_report(ITEMS, [x for x in _ratings() if x["style"] == "default"], tmp_path / "plain",
+                           n_resamples=20)
+    assert plain["posthoc"] == {} and "Post-hoc" not in (tmp_path / "plain" / "gap.md").read_text()

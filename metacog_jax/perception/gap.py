@@ -59,6 +59,7 @@ import numpy as np
 from metacog_jax.evaluation import bootstrap, metrics, plots
 from metacog_jax import artifacts
 from metacog_jax.artifacts import from_spreadsheet_cell, iter_jsonl
+from metacog_jax.perception.explanations import CERTAINTY_LEVELS, LENGTHS
 
 RATINGS_COLUMNS = (
     "participant_id",
@@ -365,11 +366,21 @@ def _gap_statistics(
     p_rating: jax.Array,  # (P, L)
     p_mask: jax.Array,  # (P, L)
     n_bins: int = 10,
+    rating_keep: jax.Array | None = None,  # (R,) 0/1: ratings that enter (post-hoc selection); None = all
+    p_keep: jax.Array | None = None,  # (P, L) the same in the per-participant layout
 ) -> dict[str, jax.Array]:
-    """All gap statistics for one (re)sample given participant and item multiplicities."""
+    """All gap statistics for one (re)sample given participant and item multiplicities.
+
+    With `rating_keep` only the kept ratings count, and the model statistics use the items that have a
+    kept rating."""
+    rating_weight = participant_counts[rating_participant] * item_counts[rating_item]
+    if rating_keep is not None:
+        rating_weight = rating_weight * rating_keep
+        p_mask = p_mask * p_keep
+        rated = jax.ops.segment_sum(rating_keep, rating_item, num_segments=item_conf.shape[0]) > 0
+        item_counts = item_counts * rated
     model_ece = metrics.ece(item_conf, item_correct, n_bins=n_bins, weights=item_counts)
     model_auc = metrics.auroc(item_conf, item_correct, weights=item_counts)
-    rating_weight = participant_counts[rating_participant] * item_counts[rating_item]
     human_ece = metrics.ece(rating, item_correct[rating_item], n_bins=n_bins, weights=rating_weight)
     per_participant_auc = jax.vmap(metrics.auroc)(p_rating, item_correct[p_item], p_mask * item_counts[p_item])
     # A participant drawn k times counts k times; one whose resampled items are all
@@ -455,6 +466,194 @@ def calibration_gap(
                       "seed": seed, "alpha": alpha},
         "metrics": {name: intervals[name] for name in GAP_METRICS},
     }
+
+
+# ----------------------------------------------------------------------------
+# the paper's analysis: the selection rule applied after the fact to 3 x 3 ratings
+# ----------------------------------------------------------------------------
+
+
+def _style_parts(style: str) -> tuple[int, str] | None:
+    """(certainty level 0/1/2, length) of a ``{certainty}_{length}`` style, None for any other style."""
+    for level, certainty in enumerate(CERTAINTY_LEVELS):
+        for length in LENGTHS:
+            if style == f"{certainty}_{length}":
+                return level, length
+    return None
+
+
+def threshold_grid(step: float = 0.05) -> np.ndarray:
+    """Candidate (θ1, θ2) pairs, θ1 < θ2, on the grid step, 2·step, ..., < 1: shape (G, 2)."""
+    if not 0.0 < step < 0.5:
+        raise ValueError(f"threshold grid step must be in (0, 0.5), got {step}")
+    values = np.round(np.arange(step, 1.0 - 1e-9, step), 10)
+    return np.array([(a, b) for i, a in enumerate(values) for b in values[i + 1:]], dtype=np.float64)
+
+
+def _level_of(conf: jax.Array, theta: jax.Array) -> jax.Array:
+    """The rule's certainty level (0 not sure, 1 somewhat sure, 2 sure) of confidences, for θ = (θ1, θ2)."""
+    return (conf > theta[0]).astype(jnp.int32) + (conf > theta[1]).astype(jnp.int32)
+
+
+def _fold_thresholds(rating_weight, item_correct, item_conf, rating, rating_item, rating_level, item_fold, grid,
+                     n_bins: int, n_folds: int) -> jax.Array:
+    """(n_folds, 2): for each fold k the (θ1, θ2) of ``grid`` with the lowest human ECE over the ratings of
+    the other folds' items that the rule keeps (ties: the first pair in the grid)."""
+    item_levels = jax.vmap(_level_of, in_axes=(None, 0))(item_conf, grid)  # (G, I)
+    selected = item_levels[:, rating_item] == rating_level[None, :]  # (G, R)
+    correct = item_correct[rating_item]
+
+    def fit(k):
+        w = rating_weight * (item_fold[rating_item] != k)
+        eces = jax.vmap(lambda sel: metrics.ece(rating, correct, n_bins=n_bins, weights=w * sel))(selected)
+        return grid[jnp.argmin(jnp.where(jnp.isfinite(eces), eces, jnp.inf))]
+
+    return jax.lax.map(fit, jnp.arange(n_folds))
+
+
+def _posthoc_statistics(participant_counts, item_counts, item_correct, item_conf, rating, rating_item,
+                        rating_participant, p_item, p_rating, p_mask, rating_level, p_level, item_fold, grid,
+                        n_bins: int = 10, n_folds: int = 0):
+    """Gap statistics on the ratings whose style the rule picks for their item.
+
+    n_folds = 0: ``grid`` holds one (θ1, θ2), used for every item. Otherwise θ is cross-fitted
+    (:func:`_fold_thresholds` on the resampled ratings, applied to each fold's own items), inside every
+    bootstrap resample, so the intervals include the choice of θ."""
+    rating_weight = participant_counts[rating_participant] * item_counts[rating_item]
+    if n_folds == 0:
+        theta_of_item = jnp.broadcast_to(grid[0], (item_conf.shape[0], 2))
+    else:
+        theta_of_item = _fold_thresholds(rating_weight, item_correct, item_conf, rating, rating_item, rating_level,
+                                         item_fold, grid, n_bins, n_folds)[item_fold]
+    item_level = (item_conf > theta_of_item[:, 0]).astype(jnp.int32) + (item_conf > theta_of_item[:, 1])
+    keep = (item_level[rating_item] == rating_level).astype(rating.dtype)
+    p_keep = (item_level[p_item] == p_level).astype(rating.dtype)
+    out = _gap_statistics(participant_counts, item_counts, item_correct, item_conf, rating, rating_item,
+                          rating_participant, p_item, p_rating, p_mask, n_bins=n_bins, rating_keep=keep,
+                          p_keep=p_keep)
+    item_weight = item_counts / jnp.maximum(jnp.sum(item_counts), 1.0)
+    out["theta1"] = jnp.sum(item_weight * theta_of_item[:, 0])  # averaged over the items' folds
+    out["theta2"] = jnp.sum(item_weight * theta_of_item[:, 1])
+    out["n_selected_ratings"] = jnp.sum(rating_weight * keep)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _posthoc_stat_fn(n_bins: int, n_folds: int):
+    return functools.partial(_posthoc_statistics, n_bins=n_bins, n_folds=n_folds)
+
+
+def _item_folds(item_ids: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each item: a seeded shuffle of the items dealt round-robin into n_folds."""
+    order = np.random.default_rng(seed).permutation(len(item_ids))
+    folds = np.empty(len(item_ids), np.int32)
+    folds[order] = np.arange(len(item_ids)) % n_folds
+    return folds
+
+
+def posthoc_selection(
+    items: Sequence[dict[str, Any]],
+    ratings: Sequence[dict[str, Any]],
+    length: str | None = None,
+    theta: tuple[float, float] | None = None,
+    n_folds: int = 5,
+    grid_step: float = 0.1,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    n_bins: int = 10,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The paper's "selected" analysis: ratings collected under the 3 x 3 styles, kept for each item only
+    in the style the selection rule picks from the model's confidence (METHOD.md, paper 2).
+
+    Args:
+      items, ratings: as for :func:`calibration_gap`; every non-attention rating whose style is
+        ``{certainty}_{length}`` takes part, whatever its condition.
+      length: keep only styles of this length ("long", "short", "uncertainty_only"); None pools them.
+      theta: (θ1, θ2) to use as given; None cross-fits them over ``n_folds`` folds of the items to
+        minimise human ECE on the other folds (refit in every bootstrap resample).
+      grid_step: spacing of the candidate thresholds when fitting.
+      n_resamples, seed, n_bins, alpha: as for :func:`calibration_gap`.
+
+    Returns:
+      The fields of :func:`calibration_gap` (``condition`` = "selected (post hoc, <length>)") plus
+      ``theta`` (how θ was set and, when fitted, each fold's θ at the point estimate), and in ``metrics``
+      also ``theta1``, ``theta2`` (item-weighted over folds) and ``n_selected_ratings``.
+    """
+    lengths = LENGTHS if length is None else (length,)
+    if length is not None and length not in LENGTHS:
+        raise ValueError(f"length must be one of {', '.join(LENGTHS)} or None, got {length!r}")
+    if theta is not None:
+        t1, t2 = float(theta[0]), float(theta[1])
+        if not 0.0 <= t1 <= t2 <= 1.0:
+            raise ValueError(f"theta must satisfy 0 <= theta1 <= theta2 <= 1, got {theta}")
+    def in_lengths(r):
+        parts = _style_parts(str(r.get("style") or "").strip())
+        return parts is not None and parts[1] in lengths
+
+    chosen = [r for r in ratings if not _is_attention(r) and in_lengths(r)]
+    name = f"selected (post hoc, {length or 'all lengths'})"
+    if not chosen:
+        raise ValueError(f"{name}: no ratings in the 3 x 3 styles"
+                         + (f" of length {length!r}" if length else "") + " to select from")
+    data = gap_data(items, chosen)
+    level_of_rating = np.array([_style_parts(str(r["style"]).strip())[0] for r in chosen
+                                if not _is_attention(r)], np.int32)
+    p_level = np.zeros_like(data.by_participant_item)
+    fill = np.zeros(len(data.participant_ids), np.int64)
+    for r, p in enumerate(data.rating_participant):
+        p_level[p, fill[p]] = level_of_rating[r]
+        fill[p] += 1
+    n_i = len(data.item_ids)
+    if theta is None:
+        if not 2 <= n_folds <= n_i:
+            raise ValueError(f"{name}: cross-fitting needs 2 <= n_folds <= the {n_i} rated items, got {n_folds}")
+        folds, grid, k = _item_folds(data.item_ids, n_folds, seed), threshold_grid(grid_step), n_folds
+    else:
+        folds, grid, k = np.zeros(n_i, np.int32), np.array([[t1, t2]]), 0
+    operands = _gap_operands(data) + (jnp.asarray(level_of_rating), jnp.asarray(p_level), jnp.asarray(folds),
+                                      jnp.asarray(grid, dtype=float))
+    n_p = len(data.participant_ids)
+    intervals = bootstrap.bootstrap_two_way(_posthoc_stat_fn(n_bins, k), n_p, n_i, n_resamples=n_resamples,
+                                            seed=seed, alpha=alpha, batch_size=16 if k else 200,
+                                            operands=operands)
+    n_without_auc = int(intervals.pop("n_participants_without_auc")["estimate"])
+    theta_of_item = _point_thresholds(data, level_of_rating, folds, grid, n_bins, k)
+    theta_info: dict[str, Any] = {"given": [t1, t2]} if theta is not None else {
+        "cross_fitted": {"n_folds": n_folds, "grid_step": grid_step,
+                         "per_fold": [[float(v) for v in theta_of_item[folds == f][0]] for f in range(k)]}}
+    level = ((data.item_confidence > theta_of_item[:, 0]).astype(int)
+             + (data.item_confidence > theta_of_item[:, 1]))
+    keep = level[data.rating_item] == level_of_rating
+    return {
+        "condition": name,
+        "length": length or "all",
+        "theta": theta_info,
+        "n_ratings": int(len(data.rating)),
+        "n_participants": n_p,
+        "n_items": n_i,
+        "n_attention_checks_excluded": data.n_attention_checks,
+        "n_participants_without_auc": n_without_auc,
+        "ece_definition": metrics.ece_definition(n_bins),
+        "n_bins": n_bins,
+        "bootstrap": {"scheme": "two-way (participants x items)" + ("; θ refit in every resample" if k else ""),
+                      "n_resamples": n_resamples, "seed": seed, "alpha": alpha},
+        "metrics": {m: intervals[m] for m in GAP_METRICS + ("theta1", "theta2", "n_selected_ratings")},
+        # for the calibration diagram: the kept ratings and their items' correctness at the point estimate
+        "selected_ratings": {"rating": data.rating[keep].tolist(),
+                             "correct": data.item_correct[data.rating_item][keep].tolist()},
+    }
+
+
+def _point_thresholds(data: GapData, level_of_rating, folds, grid, n_bins: int, n_folds: int) -> np.ndarray:
+    """(n_items, 2): the θ each item is judged with at the point estimate (all ratings, no resampling)."""
+    if not n_folds:
+        return np.broadcast_to(np.asarray(grid[0]), (len(data.item_ids), 2))
+    per_fold = _fold_thresholds(jnp.ones(len(data.rating)), jnp.asarray(data.item_correct),
+                                jnp.asarray(data.item_confidence), jnp.asarray(data.rating),
+                                jnp.asarray(data.rating_item), jnp.asarray(level_of_rating), jnp.asarray(folds),
+                                jnp.asarray(grid, dtype=float), n_bins, n_folds)
+    return np.asarray(per_fold)[folds]
 
 
 def mean_rating_by_style(
@@ -549,6 +748,30 @@ def _markdown(report: dict[str, Any]) -> str:
         "Participants without a human AUC (all rated items correct or all incorrect), per condition: "
         + ", ".join(f"{r['condition']}: {r['n_participants_without_auc']}" for r in rows[:-1]) + ".",
         "",
+    ]
+    if report["posthoc"]:
+        first = next(iter(report["posthoc"].values()))
+        how = ("θ given: " + ", ".join(f"{v:g}" for v in first["theta"]["given"]) if "given" in first["theta"]
+               else f"θ cross-fitted: {first['theta']['cross_fitted']['n_folds']} folds of the items, each fold's "
+                    f"(θ1, θ2) chosen on a grid of step {first['theta']['cross_fitted']['grid_step']:g} to minimise "
+                    "human ECE on the other folds' ratings and refit in every bootstrap resample")
+        lines += [
+            "## Post-hoc selection (the paper's analysis)",
+            "",
+            "Ratings collected under the 3 x 3 styles, kept for each item only in the style the selection rule "
+            f"picks from the model's confidence (not sure if p <= θ1, somewhat sure if θ1 < p <= θ2, else sure); "
+            f"{how}.",
+            "",
+            "| selection | θ1 | θ2 | ratings kept | items | " + " | ".join(c for c, _ in cols) + " |",
+            "|---|---|---|---:|---:|" + "---|" * len(cols),
+        ]
+        for r in report["posthoc"].values():
+            m = r["metrics"]
+            cells = [r["condition"], _fmt(m["theta1"]), _fmt(m["theta2"]), f"{m['n_selected_ratings']['estimate']:.0f}",
+                     str(r["n_items"])] + [_fmt(m[k]) for _, k in cols]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
         "## Mean human confidence by explanation style",
         "",
         "| style | n | mean rating | mean (model correct) | mean (model incorrect) |",
@@ -571,18 +794,26 @@ def gap_report(
     seed: int = 0,
     n_bins: int = 10,
     alpha: float = 0.05,
+    theta: tuple[float, float] | None = None,
+    n_folds: int = 5,
+    grid_step: float = 0.1,
 ) -> dict[str, Any]:
     """Compute the gap per condition and overall and write the report files.
+
+    When ratings were collected under the 3 x 3 styles, also the paper's post-hoc selection
+    (:func:`posthoc_selection`) per length and over all lengths, with ``theta`` given or (None)
+    cross-fitted over ``n_folds`` folds of the items on a grid of step ``grid_step``.
 
     Writes into ``out_dir``: ``gap.json`` (everything returned, NaN as null),
     ``gap.md`` (a Markdown table plus the ECE definition used), and PNGs:
     ``reliability_model_<condition>.png`` and ``reliability_human_<condition>.png``
-    for every condition and ``all``, and ``mean_rating_by_style.png``.
+    for every condition and ``all``, ``reliability_human_posthoc_<length>.png`` for the post-hoc
+    selections, and ``mean_rating_by_style.png``.
 
     Returns:
       ``{"ece_definition", "conditions": {name: calibration_gap(...)},
-      "overall": calibration_gap(condition=None), "attention_checks_excluded",
-      "mean_rating_by_style", "figures": [paths], "json", "markdown"}``.
+      "overall": calibration_gap(condition=None), "posthoc": {length: posthoc_selection(...)},
+      "attention_checks_excluded", "mean_rating_by_style", "figures": [paths], "json", "markdown"}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -602,6 +833,17 @@ def gap_report(
         figures.append(plots.reliability_diagram(
             data.rating, data.item_correct[data.rating_item], out / f"reliability_human_{_slug(name)}.png",
             f"Human ratings ({name})", n_bins=n_bins))
+    posthoc: dict[str, Any] = {}
+    present = {parts[1] for r in ratings if not _is_attention(r)
+               and (parts := _style_parts(str(r.get("style") or "").strip())) is not None}
+    for length in [x for x in LENGTHS if x in present] + (["all"] if len(present) > 1 else []):
+        ph = posthoc_selection(items, ratings, length=None if length == "all" else length, theta=theta,
+                               n_folds=n_folds, grid_step=grid_step, **kw)
+        kept = ph.pop("selected_ratings")
+        figures.append(plots.reliability_diagram(
+            np.asarray(kept["rating"]), np.asarray(kept["correct"]), out / f"reliability_human_posthoc_{length}.png",
+            f"Human ratings, {ph['condition']}", n_bins=n_bins))
+        posthoc[length] = ph
     by_style = mean_rating_by_style(ratings, items)
     figures.append(plots.bar_chart(
         list(by_style), [s["mean"] for s in by_style.values()], out / "mean_rating_by_style.png",
@@ -612,6 +854,7 @@ def gap_report(
         "ece_definition": overall["ece_definition"],
         "conditions": per_condition,
         "overall": overall,
+        "posthoc": posthoc,
         "attention_checks_excluded": overall["n_attention_checks_excluded"],
         "mean_rating_by_style": by_style,
         "figures": figures,
