@@ -8,7 +8,7 @@
     metacog export   --config=... --workdir=runs/x/S --out=exported_hf_dir
     metacog explain  --config=... --workdir=runs/p2 [--domain=mmlu_pro --n=10]
     metacog gap      --items=items.jsonl --ratings=ratings.csv --out=gap/
-    metacog study serve|invite|export --items=items.jsonl --db=study.sqlite [--port=8000 | --n=40 | --out=...]
+    metacog study serve|invite|export|simulate --items=items.jsonl --db=study.sqlite [--port=8000 | --n=40 | ...]
     metacog demo     --config=configs/demo.py[:quick] --workdir=runs/demo [--data_dir=../shared/data]
     metacog tune     --config=configs/demo.py --workdir=runs/tune --grid train.lr=3e-4,1e-3
 
@@ -147,6 +147,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     serve.add_argument("--expiry_minutes", type=float, default=60.0,
                        help="a participant neither finished nor active this long stops counting for condition "
                             "balance (default: %(default)s)")
+    study_sim = actions.add_parser("simulate", parents=[common], formatter_class=_FORMATTER,
+                                   help="drive simulated participants over HTTP against a running study (a check)")
+    study_sim.add_argument("--url", default="http://127.0.0.1:8000", help="the study server (link entry) "
+                                                                         "(default: %(default)s)")
+    study_sim.add_argument("--items", default=None, help="the items.jsonl the server shows")
+    study_sim.add_argument("--n", type=int, default=20, help="participants (default: %(default)s)")
+    study_sim.add_argument("--concurrency", type=int, default=8, help="at the same time (default: %(default)s)")
+    study_sim.add_argument("--noise_sd", type=float, default=0.1, help="rating noise (default: %(default)s)")
+    study_sim.add_argument("--no_style_effect", action="store_true",
+                           help="a negative control: ratings do not depend on the explanation's style")
+    study_sim.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    study_sim.add_argument("--out", default=None, help="CSV of what was submitted (default: simulated.csv)")
     study_invite = actions.add_parser("invite", parents=[common], help="make single-use invitation links",
                                       formatter_class=_FORMATTER)
     study_invite.add_argument("--db", default=None, help="the study's SQLite file (created if missing)")
@@ -262,8 +274,27 @@ def _run(cmd, args, spec, overrides) -> int:
         from metacog_jax import artifacts
         from metacog_jax.perception import study
 
-        if args.action not in ("serve", "export", "invite"):
-            raise ValueError("study needs an action: serve, invite or export")
+        if args.action not in ("serve", "export", "invite", "simulate"):
+            raise ValueError("study needs an action: serve, invite, export or simulate")
+        if args.action == "simulate":
+            import csv
+            import dataclasses
+
+            from metacog_jax.perception import simulate
+
+            if not args.items:
+                raise ValueError("study simulate needs --items=items.jsonl (the file the server shows)")
+            bias = simulate.NO_STYLE_EFFECT if args.no_style_effect else simulate.DEFAULT_BIAS
+            done = simulate.run_participants(args.url, [i.to_record() for i in study.load_items(args.items)],
+                                             args.n, concurrency=args.concurrency, bias=bias,
+                                             noise_sd=args.noise_sd, seed=args.seed)
+            out = Path(args.out or "simulated.csv")
+            with artifacts.atomic_output(out, newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=[x.name for x in dataclasses.fields(simulate.Submitted)])
+                writer.writeheader()
+                writer.writerows(dataclasses.asdict(x) for x in done)
+            print(f"{args.n} simulated participants submitted {len(done)} answers to {args.url}; written to {out}")
+            return 0
         if not args.db:
             raise ValueError("study needs --db=study.sqlite")
         if args.action == "invite":
