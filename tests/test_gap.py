@@ -188,7 +188,10 @@ def test_gap_report_writes_files(tmp_path):
     for name in ("reliability_model_default", "reliability_human_selected", "reliability_human_all",
                  "mean_rating_by_style"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(report["figures"]) == 7
+    assert len(report["figures"]) == 9  # 2 per condition and all, 2 post-hoc, 1 by style
+    # Three items carry long 3 x 3 styles here: too few to cross-fit θ over 5 folds, which the report says.
+    assert set(report["posthoc"]) == {"short", "all"} and set(report["posthoc_skipped"]) == {"long"}
+    assert "Post-hoc selection not computed: selected (post hoc, long): cross-fitting over 5 folds" in md
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -334,7 +337,7 @@ def test_posthoc_selection_errors_name_the_problem():
         gap.posthoc_selection(PH_ITEMS, _posthoc_ratings(), length="medium")
     with pytest.raises(ValueError, match="theta1 <= theta2"):
         gap.posthoc_selection(PH_ITEMS, _posthoc_ratings(), theta=(0.7, 0.2))
-    with pytest.raises(ValueError, match="n_folds"):
+    with pytest.raises(gap.TooFewItems, match="at least 61 rated items, got 60"):
         gap.posthoc_selection(PH_ITEMS, _posthoc_ratings(), n_folds=61)
 
 
@@ -345,9 +348,23 @@ def test_gap_report_adds_the_posthoc_table(tmp_path):
     assert "## Post-hoc selection (the paper's analysis)" in md and "θ cross-fitted: 5 folds" in md
     assert "| selected (post hoc, all lengths) |" in md
     assert (tmp_path / "reliability_human_posthoc_all.png").stat().st_size > 0
-    given = gap.gap_report(PH_ITEMS, _posthoc_ratings(), tmp_path / "given", n_resamples=20, theta=(0.4, 0.6))
-    assert given["posthoc"]["long"]["theta"] == {"given": [0.4, 0.6]}
-    assert "θ given: 0.4, 0.6" in (tmp_path / "given" / "gap.md").read_text()
-    plain = gap.gap_report(ITEMS, [x for x in _ratings() if x["style"] == "default"], tmp_path / "plain",
-                           n_resamples=20)
-    assert plain["posthoc"] == {} and "Post-hoc" not in (tmp_path / "plain" / "gap.md").read_text()
+    assert report["posthoc"]["long"]["metrics"]["n_selected_ratings"]["estimate"] == 60
+    assert report["posthoc_skipped"] == {}
+
+
+def test_gap_command_takes_given_thresholds_and_names_a_bad_one(tmp_path, capsys):
+    from metacog_jax import cli
+
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(i) + "\n" for i in PH_ITEMS))
+    ratings = tmp_path / "ratings.csv"
+    with ratings.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(gap.RATINGS_COLUMNS))
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in gap.RATINGS_COLUMNS} for r in _posthoc_ratings(jitter=0.01)
+                         if r["style"].endswith("_long"))
+    assert cli.main(["gap", f"--items={items}", f"--ratings={ratings}", f"--out={tmp_path / 'g'}",
+                     "--theta=0.4,0.6"]) == 0
+    assert "θ given: 0.4, 0.6" in capsys.readouterr().out
+    assert cli.main(["gap", f"--items={items}", f"--ratings={ratings}", "--theta=0.4"]) == 2
+    assert "--theta='0.4': expected two numbers" in capsys.readouterr().err

@@ -473,6 +473,10 @@ def calibration_gap(
 # ----------------------------------------------------------------------------
 
 
+class TooFewItems(ValueError):
+    """Too few rated items to cross-fit the selection rule's thresholds over folds."""
+
+
 def _style_parts(style: str) -> tuple[int, str] | None:
     """(certainty level 0/1/2, length) of a ``{certainty}_{length}`` style, None for any other style."""
     for level, certainty in enumerate(CERTAINTY_LEVELS):
@@ -607,7 +611,10 @@ def posthoc_selection(
     n_i = len(data.item_ids)
     if theta is None:
         if not 2 <= n_folds <= n_i:
-            raise ValueError(f"{name}: cross-fitting needs 2 <= n_folds <= the {n_i} rated items, got {n_folds}")
+            if n_folds < 2:
+                raise ValueError(f"{name}: cross-fitting needs n_folds >= 2, got {n_folds}")
+            raise TooFewItems(f"{name}: cross-fitting over {n_folds} folds needs at least {n_folds} rated items, "
+                              f"got {n_i}; give --theta or fewer folds")
         folds, grid, k = _item_folds(data.item_ids, n_folds, seed), threshold_grid(grid_step), n_folds
     else:
         folds, grid, k = np.zeros(n_i, np.int32), np.array([[t1, t2]]), 0
@@ -749,6 +756,8 @@ def _markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{r['condition']}: {r['n_participants_without_auc']}" for r in rows[:-1]) + ".",
         "",
     ]
+    if report["posthoc_skipped"]:
+        lines += ["Post-hoc selection not computed: " + "; ".join(report["posthoc_skipped"].values()) + ".", ""]
     if report["posthoc"]:
         first = next(iter(report["posthoc"].values()))
         how = ("θ given: " + ", ".join(f"{v:g}" for v in first["theta"]["given"]) if "given" in first["theta"]
@@ -836,9 +845,14 @@ def gap_report(
     posthoc: dict[str, Any] = {}
     present = {parts[1] for r in ratings if not _is_attention(r)
                and (parts := _style_parts(str(r.get("style") or "").strip())) is not None}
+    posthoc_skipped: dict[str, str] = {}
     for length in [x for x in LENGTHS if x in present] + (["all"] if len(present) > 1 else []):
-        ph = posthoc_selection(items, ratings, length=None if length == "all" else length, theta=theta,
-                               n_folds=n_folds, grid_step=grid_step, **kw)
+        try:
+            ph = posthoc_selection(items, ratings, length=None if length == "all" else length, theta=theta,
+                                   n_folds=n_folds, grid_step=grid_step, **kw)
+        except TooFewItems as e:
+            posthoc_skipped[length] = str(e)
+            continue
         kept = ph.pop("selected_ratings")
         figures.append(plots.reliability_diagram(
             np.asarray(kept["rating"]), np.asarray(kept["correct"]), out / f"reliability_human_posthoc_{length}.png",
@@ -855,6 +869,7 @@ def gap_report(
         "conditions": per_condition,
         "overall": overall,
         "posthoc": posthoc,
+        "posthoc_skipped": posthoc_skipped,
         "attention_checks_excluded": overall["n_attention_checks_excluded"],
         "mean_rating_by_style": by_style,
         "figures": figures,
