@@ -105,6 +105,7 @@ def test_the_demo_config_reads_as_the_demo():
     assert c.data.n_test >= 150  # enough in-domain test items for an AUC to say something
     assert c.sample.k == 10 and c.data.answer_instruction in prompts.ANSWER_INSTRUCTIONS
     assert c.targets.pair_orders == "both" and c.data.evaluate_on == "test"
+    assert 0 < c.train.replay < 1  # the base model's own answers replayed, so training keeps them
     assert c.demo.real_in_domain == ("gsm8k", "mmlu_pro", "nq_open")
     # Every level's share of the train, test and validation questions fits that level's distinct items.
     levels = c.data.procedural_levels
