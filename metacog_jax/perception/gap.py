@@ -452,19 +452,24 @@ def calibration_gap(
         _gap_stat_fn(n_bins), n_p, n_i, n_resamples=n_resamples, seed=seed, alpha=alpha,
         batch_size=200, operands=_gap_operands(data),
     )
-    n_without_auc = int(intervals.pop("n_participants_without_auc")["estimate"])
+    return {"condition": "all" if condition is None else condition,
+            **_counts_and_settings(data, intervals, n_bins, "two-way (participants x items)", n_resamples, seed,
+                                   alpha),
+            "metrics": {name: intervals[name] for name in GAP_METRICS}}
+
+
+def _counts_and_settings(data: GapData, intervals: dict, n_bins: int, scheme: str, n_resamples: int, seed: int,
+                         alpha: float) -> dict[str, Any]:
+    """The counts and settings every gap result reports (pops the participants-without-AUC count)."""
     return {
-        "condition": "all" if condition is None else condition,
         "n_ratings": int(len(data.rating)),
-        "n_participants": n_p,
-        "n_items": n_i,
+        "n_participants": len(data.participant_ids),
+        "n_items": len(data.item_ids),
         "n_attention_checks_excluded": data.n_attention_checks,
-        "n_participants_without_auc": n_without_auc,
+        "n_participants_without_auc": int(intervals.pop("n_participants_without_auc")["estimate"]),
         "ece_definition": metrics.ece_definition(n_bins),
         "n_bins": n_bins,
-        "bootstrap": {"scheme": "two-way (participants x items)", "n_resamples": n_resamples,
-                      "seed": seed, "alpha": alpha},
-        "metrics": {name: intervals[name] for name in GAP_METRICS},
+        "bootstrap": {"scheme": scheme, "n_resamples": n_resamples, "seed": seed, "alpha": alpha},
     }
 
 
@@ -624,7 +629,6 @@ def posthoc_selection(
     intervals = bootstrap.bootstrap_two_way(_posthoc_stat_fn(n_bins, k), n_p, n_i, n_resamples=n_resamples,
                                             seed=seed, alpha=alpha, batch_size=16 if k else 200,
                                             operands=operands)
-    n_without_auc = int(intervals.pop("n_participants_without_auc")["estimate"])
     theta_of_item = _point_thresholds(data, level_of_rating, folds, grid, n_bins, k)
     theta_info: dict[str, Any] = {"given": [t1, t2]} if theta is not None else {
         "cross_fitted": {"n_folds": n_folds, "grid_step": grid_step,
@@ -632,19 +636,12 @@ def posthoc_selection(
     level = ((data.item_confidence > theta_of_item[:, 0]).astype(int)
              + (data.item_confidence > theta_of_item[:, 1]))
     keep = level[data.rating_item] == level_of_rating
+    scheme = "two-way (participants x items)" + ("; θ refit in every resample" if k else "")
     return {
         "condition": name,
         "length": length or "all",
         "theta": theta_info,
-        "n_ratings": int(len(data.rating)),
-        "n_participants": n_p,
-        "n_items": n_i,
-        "n_attention_checks_excluded": data.n_attention_checks,
-        "n_participants_without_auc": n_without_auc,
-        "ece_definition": metrics.ece_definition(n_bins),
-        "n_bins": n_bins,
-        "bootstrap": {"scheme": "two-way (participants x items)" + ("; θ refit in every resample" if k else ""),
-                      "n_resamples": n_resamples, "seed": seed, "alpha": alpha},
+        **_counts_and_settings(data, intervals, n_bins, scheme, n_resamples, seed, alpha),
         "metrics": {m: intervals[m] for m in GAP_METRICS + ("theta1", "theta2", "n_selected_ratings")},
         # for the calibration diagram: the kept ratings and their items' correctness at the point estimate
         "selected_ratings": {"rating": data.rating[keep].tolist(),
