@@ -105,3 +105,19 @@ def test_twenty_concurrent_simulated_participants_over_http(tmp_path):
     assert sorted(counts.values()) == [6, 7, 7]  # balanced
     # ... and `gap` reads it (the full report on such data: test_gap.py).
     assert gap.calibration_gap(items, rows, n_resamples=10)["n_ratings"] == 20 * 4
+
+
+def test_simulate_names_an_unreachable_study(tmp_path, capsys):
+    import socket
+
+    from metacog_jax import cli
+
+    items_path = tmp_path / "items.jsonl"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in make_items(3)))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["study", "simulate", f"--url=http://127.0.0.1:{port}", f"--items={items_path}", "--n=2",
+                     f"--out={tmp_path / 'sim.csv'}"]) == 2
+    assert f"cannot reach the study at http://127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "sim.csv").exists()

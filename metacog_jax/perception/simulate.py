@@ -162,17 +162,20 @@ def _participant(base_url: str, participant_id: str, items: Mapping[str, Mapping
                 return resp.status, resp.headers.get("Location", ""), resp.read().decode()
         except urllib.error.HTTPError as e:  # 3xx (redirects are not followed) and 4xx answers
             return e.code, e.headers.get("Location", ""), e.read().decode()
+        except (urllib.error.URLError, OSError) as e:
+            raise ValueError(f"cannot reach the study at {base} ({getattr(e, 'reason', e)}); is `metacog study "
+                             "serve` running there?") from None
 
     ids = dict(zip(link_params, (participant_id, "simulated-study", f"{participant_id}-session")))
     status, _, page = request("/?" + urllib.parse.urlencode(ids))
     fields = dict(_FIELD.findall(page))
     if status != 200 or "csrf_token" not in fields:
-        raise RuntimeError(f"{participant_id}: the start page answered {status}")
+        raise ValueError(f"{participant_id}: the start page at {base} answered {status} (is the study served with --entry=link?)")
     form = {"participant": participant_id, "study": "simulated-study", "session": f"{participant_id}-session",
             "csrf_token": fields["csrf_token"]}
     status, location, _ = request("/start", form)
     if status != 303:
-        raise RuntimeError(f"{participant_id}: start answered {status}")
+        raise ValueError(f"{participant_id}: starting at {base} answered {status}")
     submitted = []
     while True:
         status, location, page = request("/item")
@@ -180,21 +183,24 @@ def _participant(base_url: str, participant_id: str, items: Mapping[str, Mapping
             return submitted
         fields = dict(_FIELD.findall(page))
         if status != 200 or "item_id" not in fields:
-            raise RuntimeError(f"{participant_id}: /item answered {status}")
+            raise ValueError(f"{participant_id}: /item at {base} answered {status}")
         item_id = fields["item_id"]
         attention = _ATTENTION.search(page)
         if attention:
             percent, style = attention.group(1), "attention_check"
         else:
             shown = html.unescape(_EXPLANATION.search(page).group(1))
-            item = items[item_id]
-            style = next(s for s, text in item["explanations"].items() if text == shown)
+            item = items.get(item_id, {"explanations": {}})
+            style = next((s for s, text in item["explanations"].items() if text == shown), None)
+            if style is None:
+                raise ValueError(f"the page of item {item_id!r} shows an explanation that is not in the items "
+                                 "file given; pass the items.jsonl the server shows")
             r = rate(float(item["model_confidence"]), style, bias, noise_sd, rng)
             percent = f"{100 * r:.2f}"
         status, _, _ = request("/item", {"item_id": item_id, "rating": percent, "own_answer": "",
                                          "csrf_token": fields["csrf_token"]})
         if status != 303:
-            raise RuntimeError(f"{participant_id}: the answer to {item_id} was refused ({status})")
+            raise ValueError(f"{participant_id}: the answer to {item_id} was refused ({status})")
         submitted.append(Submitted(participant_id, item_id, style, percent, bool(attention)))
 
 
