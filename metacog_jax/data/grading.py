@@ -10,10 +10,24 @@ Normalized forms by kind:
 
 * ``multiple_choice``: the option letter, upper case (``"B"``).
 * ``numeric``: a canonical decimal string: no separators, no trailing zeros,
-  ``"18"`` for "18.0", "$18" or "18 dollars".
-* ``open``: SQuAD-style normalized text: lower case, punctuation and the
-  articles a/an/the removed, whitespace collapsed.
+  ``"18"`` for "18.0", "$18" or "18 dollars". An expression after "The
+  answer is" is evaluated by a small parser of our own ("3 + 4" -> ``"7"``)
+  unless it copies the question's expression; numbers inside an echoed copy
+  of the question are never read as the answer.
+* ``open``: the first sentence of the answer (after "The answer is", lead-ins
+  such as "I think it's" dropped), SQuAD-style normalized: lower case,
+  punctuation and the articles a/an/the removed, whitespace collapsed. One
+  exception keeps what the containment rule needs: when the answer is a list
+  of candidates ("X, Y and Z", "X, Y, Z"), each list boundary is kept as the
+  token ``"|"`` (:data:`LIST_SEPARATOR`): "Napster, Kazaa and LimeWire" ->
+  ``"napster | kazaa | and limewire"``. "X or Y" needs no mark (the word
+  stays). :func:`plain_answer` drops the marks; :func:`answers_equal` ignores
+  them.
 * ``label``: the label spelled as in ``Question.labels`` (``"Yes"``).
+
+Open answers are graded by one of :data:`OPEN_RULES` (:func:`is_correct`):
+``"containment"`` (default: a gold alias stated inside the answer, not negated
+and not as one of several alternatives), ``"exact"`` or ``"f1"``.
 
 Every response is first stripped of markdown emphasis and of a stated
 confidence ("... and my confidence score is 0.85", "Confidence: 90%"), so the
@@ -24,14 +38,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import re
 import string
 import unicodedata
-from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation, localcontext
 
 from metacog_jax.data.records import Question
+
+# Rules for open answers (see is_correct); containment is the default.
+OPEN_RULES = ("containment", "exact", "f1")
+DEFAULT_OPEN_RULE = "containment"
 
 # Numeric equality: |a - b| <= max(REL_TOL * max(|a|, |b|), ABS_TOL), exact
 # Decimal arithmetic. The absolute part absorbs printing noise ("0.3333333"
@@ -42,27 +60,15 @@ ABS_TOL = 1e-6
 
 @dataclasses.dataclass(frozen=True)
 class Grade:
-    """Result of grading one response.
+    """Result of grading one response by the rules (an LLM judge: ``data/graders.py``).
 
     Attributes:
       normalized: the extracted, normalized answer; None if none was found.
       correct: whether it matches the gold answer.
-      judged: True when a :class:`Judge` made the decision.
     """
 
     normalized: str | None
     correct: bool
-    judged: bool = False
-
-
-class Judge(Protocol):
-    """Optional grader (e.g. an LLM judge) consulted by :func:`grade`.
-
-    Returns True/False to decide, or None to defer to the rule-based grade.
-    """
-
-    def __call__(self, question: Question, response: str, extracted: str | None) -> bool | None:
-        ...
 
 
 # ---------------------------------------------------------------------------
@@ -87,11 +93,27 @@ _LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
-def _clean(response: str) -> str:
-    """Removes markdown emphasis, LaTeX wrappers and stated confidence."""
+# LaTeX operators and a single star between operands ("7 * 1", "2*9", "(3) * 4")
+# are arithmetic; every other star is markdown emphasis.
+_LATEX_OPERATORS = ((re.compile(r"\\(?:times|cdot)(?![A-Za-z])"), " × "),
+                    (re.compile(r"\\div(?![A-Za-z])"), " ÷ "))
+_TIMES_STAR = re.compile(r"(?<=[\d)])(\s*)(?<!\*)\*(?!\*)(\s*)(?=[\d(])")
+
+
+def _clean(response: str, arithmetic: bool = False) -> str:
+    """Removes markdown emphasis, LaTeX wrappers and stated confidence.
+
+    With ``arithmetic`` (numeric questions) multiplication and division
+    signs are kept as ``×`` and ``÷`` instead of being dropped with the
+    markdown stars.
+    """
     text = unicodedata.normalize("NFKC", response)
     text = _LATEX_WRAPPERS.sub(r"\1", text)
     text = _BOXED.sub(r"\nThe answer is \1.\n", text)
+    if arithmetic:
+        for pattern, sign in _LATEX_OPERATORS:
+            text = pattern.sub(sign, text)
+        text = _TIMES_STAR.sub(r"\1×\2", text)
     text = re.sub(r"[*`]+|(?<!\w)_+|_+(?!\w)", "", text)
     for pattern in _CONFIDENCE_PATTERNS:
         text = pattern.sub(" ", text)
@@ -318,6 +340,8 @@ _HASHES = re.compile(r"####\s*(?P<body>[^\n]*)")
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
     "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_LARGER_NUMBER_WORDS = frozenset(
+    "thirty forty fifty sixty seventy eighty ninety hundred thousand million billion".split())
 
 
 def canonical_number(value: Decimal) -> str:
@@ -351,35 +375,294 @@ def _match_value(match: re.Match[str]) -> Decimal | None:
     return -value if match.group("sign") else value
 
 
-def _numbers(text: str) -> list[Decimal]:
-    return [v for m in _NUMBER.finditer(text) if (v := _match_value(m)) is not None]
+# Echoed copies of the question. Tokens compared between question and
+# response: numbers (canonical), words (lower case) and arithmetic signs.
+_ECHO_TOKEN = re.compile(r"(?P<num>(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d))"
+                         r"|(?P<op>[-−+*×÷/=()])|(?P<word>[^\W\d_]+)")
+_OPERATOR_WORDS = {"x": "×", "*": "×", "plus": "+", "minus": "-", "times": "×"}
+_OPERATORS = frozenset("+-×÷/")
+# An echo is a run of at least this many question tokens with a number and an
+# operator ("5 + 3", "is 5 + 3"); shorter runs ("is 3") are ordinary words.
+_MIN_ECHO_TOKENS = 3
+
+# One token of an arithmetic expression: a number ("1,000", "$3", "2.5") or a
+# sign; "x" is a times sign only before an operand ("9 x 2", not "18x faster").
+_EXPRESSION_TOKEN = re.compile(r"\s*(?:(?P<num>\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d))"
+                               r"|(?P<op>[-−+*×÷/()]|x(?=\s*[\d(])))")
+# What follows a number that only opens a cut-off expression at the end of
+# the text ("... 60 +").
+_TRAILING_OPERATOR = re.compile(r"\s*[-−+×÷/]\s*\(?\s*")
 
 
-def _extract_numeric(text: str) -> str | None:
-    # 1. GSM8K style "#### 18".
-    hashes = _HASHES.findall(text)
-    for body in reversed(hashes):
-        values = _numbers(body)
-        if values:
-            return canonical_number(values[0])
-    # 2. "The answer is 18" (\boxed{18} was rewritten to this form): the
-    #    first number after the last such phrase that
-    #    has one in the same sentence or line.
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    """A word, number or sign of a text, for finding echoed copies of the question."""
+
+    text: str  # canonical: number as canonical_number, words lower case, "−" as "-"
+    start: int
+    end: int
+    is_number: bool
+
+
+def _echo_tokens(text: str) -> list[_Token]:
+    """Tokens of ``text``; "plus", "x", "times", "minus" read as their signs."""
+    out = []
+    for m in _ECHO_TOKEN.finditer(text):
+        if m.group("num"):
+            value = canonical_number(Decimal(m.group("num").replace(",", "")))
+            out.append(_Token(value, m.start(), m.end(), True))
+        else:
+            word = (m.group("op") or m.group("word").lower()).replace("−", "-")
+            out.append(_Token(_OPERATOR_WORDS.get(word, word), m.start(), m.end(), False))
+    return out
+
+
+def _echo_spans(text: str, question_tokens: Sequence[_Token]) -> list[tuple[int, int]]:
+    """Character spans of ``text`` that copy a run of the question.
+
+    A span is a run of at least ``_MIN_ECHO_TOKENS`` consecutive tokens that
+    also occur consecutively in the question and contain a number and an
+    operator: "What is 5 + 3?" echoed as "5 + 3" or "what is 5 + 3". The
+    result that follows an echo ("5 + 3 = 8") is outside the span.
+    """
+    question = [t.text for t in question_tokens]
+    response = _echo_tokens(text)
+    spans = []
+    previous = [0] * (len(question) + 1)  # longest common run ending at (i - 1, j - 1)
+    for i, token in enumerate(response):
+        current = [0] * (len(question) + 1)
+        for j, word in enumerate(question):
+            if token.text == word:
+                current[j + 1] = previous[j] + 1
+        length = max(current)
+        # Every run ending at i is a suffix of the longest one, so checking the
+        # longest is enough.
+        run = response[i - length + 1: i + 1]
+        if (length >= _MIN_ECHO_TOKENS and any(t.is_number for t in run)
+                and any(t.text in _OPERATORS for t in run)):
+            if spans and spans[-1][1] >= run[0].start:  # grows the previous span
+                spans[-1] = (spans[-1][0], run[-1].end)
+            else:
+                spans.append((run[0].start, run[-1].end))
+        previous = current
+    return spans
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expression:
+    """An arithmetic expression read from a response.
+
+    Attributes:
+      start, end: its character span.
+      value: its value; None when it is cut off ("60 +"), has unbalanced
+        parentheses or divides by zero.
+      tokens: numbers (canonical) and signs, in order.
+      n_operators: binary operators applied; 0 for a plain (signed) number.
+      spaced: whether every binary operator has a space on some side
+        ("18 - 3"), as opposed to "18-20".
+    """
+
+    start: int
+    end: int
+    value: Decimal | None
+    tokens: tuple[str, ...]
+    n_operators: int
+    spaced: bool
+
+
+class _Incomplete(Exception):
+    """The expression stops where an operand or ")" is needed."""
+
+
+def _parse_expression(text: str, start: int, end: int) -> _Expression:
+    """Parses the longest arithmetic expression in ``text[start:end]`` from ``start``.
+
+    Grammar (own recursive descent, never Python ``eval``)::
+
+      expr   := term (("+" | "-") term)*
+      term   := factor (("×" | "x" | "/" | "÷") factor)*
+      factor := ("-" | "+") factor | number | "(" expr ")"
+
+    Anything else ends the expression ("3 + 4 apples" -> ``3 + 4``).
+    """
+    tokens: list[tuple[str, int, int, bool]] = []  # (canonical, start, end, space before)
+    pos = start
+    while (m := _EXPRESSION_TOKEN.match(text, pos, end)) is not None:
+        spaced = m.start(m.lastgroup) > pos
+        if m.group("num"):
+            digits = m.group("num").lstrip("$ ").replace(",", "")
+            tokens.append((digits, m.start("num"), m.end(), spaced))
+        else:
+            op = {"−": "-", "x": "×", "*": "×", "÷": "/"}.get(m.group("op"), m.group("op"))
+            tokens.append((op, m.start("op"), m.end(), spaced))
+        pos = m.end()
+    n_operators = 0
+    unspaced = False
+    i = 0
+
+    def peek() -> str | None:
+        return tokens[i][0] if i < len(tokens) else None
+
+    def binary(ops: str, operand: Callable[[], Decimal | None]) -> Decimal | None:
+        nonlocal i, n_operators, unspaced
+        value = operand()
+        while peek() in tuple(ops):
+            op_index = i
+            i += 1
+            right = operand()
+            n_operators += 1
+            if not tokens[op_index][3] and not (op_index + 1 < len(tokens) and tokens[op_index + 1][3]):
+                unspaced = True
+            value = apply(op_index, value, right)
+        return value
+
+    def apply(op_index: int, left: Decimal | None, right: Decimal | None) -> Decimal | None:
+        op = tokens[op_index][0]
+        if left is None or right is None:
+            return None
+        if op == "+":
+            return left + right
+        if op == "-":
+            return left - right
+        if op == "×":
+            return left * right
+        return None if right == 0 else left / right
+
+    def factor() -> Decimal | None:
+        nonlocal i
+        token = peek()
+        if token is None:
+            raise _Incomplete
+        if token in ("-", "+"):
+            i += 1
+            value = factor()
+            return None if value is None else (-value if token == "-" else value)
+        if token == "(":
+            i += 1
+            value = binary("+-", term)
+            if peek() != ")":
+                raise _Incomplete
+            i += 1
+            return value
+        if token[0].isdigit():
+            i += 1
+            return Decimal(token)
+        raise _Incomplete
+
+    def term() -> Decimal | None:
+        return binary("×/", factor)
+
+    value: Decimal | None
+    try:
+        with localcontext() as context:
+            context.prec = 40
+            value = binary("+-", term)
+            if value is not None and value != value.to_integral_value():
+                value = value.quantize(Decimal("1e-12"))  # as parse_number does for "1/3"
+    except _Incomplete:
+        value, i = None, len(tokens)
+    except InvalidOperation:
+        value = None
+    used = tokens[:i] if i else tokens[:1]
+    return _Expression(start=start, end=used[-1][2] if used else start, value=value,
+                       tokens=tuple(canonical_number(Decimal(t)) if t[0].isdigit() else t
+                                    for t, *_ in used),
+                       n_operators=n_operators, spaced=not unspaced)
+
+
+def _is_question_copy(expression: _Expression, question_tokens: Sequence[_Token]) -> bool:
+    """Whether ``expression`` repeats the question's arithmetic.
+
+    True for a contiguous copy ("7 * 1" of "What is 7 * 1?") and for the
+    same numbers and signs in another order ("1 * 7").
+    """
+    signs = {"÷": "/"}
+    question = [signs.get(t.text, t.text) for t in question_tokens]
+    own = list(expression.tokens)
+    n = len(own)
+    if any(question[j:j + n] == own for j in range(len(question) - n + 1)):
+        return True
+    arithmetic = [t for t, q in zip(question, question_tokens) if q.is_number or t in _OPERATORS]
+    return collections.Counter(t for t in own if t not in "()") == collections.Counter(arithmetic)
+
+
+def _expression_start(text: str, number: re.Match[str]) -> int:
+    """Start of the expression whose first number is ``number``: before any "(" opening it."""
+    start = number.start()
+    while (m := re.search(r"\(\s*$", text[:start])) is not None:
+        start = m.start()
+    return start
+
+
+def _stated_value(text: str, start: int, end: int, question_tokens: Sequence[_Token],
+                  rejected: list[tuple[int, int]]) -> Decimal | None:
+    """The answer stated in ``text[start:end]``, the words after "The answer is".
+
+    After an "=" the result follows the last one ("18 - 3 = 15" -> 15).
+    Otherwise the first number or expression is the answer: a plain
+    number as it is, an expression of the model's own evaluated ("3 + 4"
+    -> 7). A copy of the question's expression, a cut-off expression
+    ("60 +") and a division by zero are no answer: their spans are added
+    to ``rejected`` and the next number of the phrase is tried.
+    """
+    equals = text.rfind("=", start, end)
+    regions = [(equals + 1, end), (start, end)] if equals >= 0 else [(start, end)]
+    for region_start, region_end in regions:
+        pos = region_start
+        while (number := _NUMBER.search(text, pos, region_end)) is not None:
+            expression = _parse_expression(text, _expression_start(text, number), region_end)
+            if expression.n_operators == 0 and expression.value is not None:
+                return expression.value
+            if (expression.tokens[1:2] == ("-",) and len(expression.tokens) == 3
+                    and not expression.spaced and expression.value is not None
+                    and expression.value < 0):
+                # "18-20" is a range, not a subtraction: its first number, as before.
+                return Decimal(expression.tokens[0])
+            if expression.value is not None and not _is_question_copy(expression, question_tokens):
+                return expression.value
+            rejected.append((expression.start, expression.end))
+            pos = max(expression.end, number.end())
+    return None
+
+
+def _extract_numeric(question: Question, text: str) -> str | None:
+    """Canonical number from a cleaned response; signals in decreasing strength.
+
+    1. GSM8K style "#### 18";
+    2. the last answer phrase ("The answer is 18", \\boxed{18}) whose
+       sentence states a value (see :func:`_stated_value`);
+    3. the last number anywhere, skipping numbers inside an echoed copy of
+       the question ("What is 5 + 3? ..." never gives 3; "5 + 3 = 8" gives
+       8), inside an expression rejected in step 2, or opening a cut-off
+       expression at the end ("... 60 +");
+    4. a spelled-out small number ("The answer is five").
+    """
+    question_tokens = _echo_tokens(_clean(question.question, arithmetic=True))
+    rejected: list[tuple[int, int]] = []
+    for match in reversed(list(_HASHES.finditer(text))):
+        value = _stated_value(text, match.start("body"), match.end("body"), question_tokens, rejected)
+        if value is not None:
+            return canonical_number(value)
     for match in reversed(list(_ANSWER_PHRASE.finditer(text))):
         tail = re.split(r"\n|(?<=[^\d\s])\.(?:\s|$)", text[match.end():], maxsplit=1)[0]
-        # "The answer is 18 - 3 = 15": the result follows the last "=".
-        values = _numbers(tail.rsplit("=", 1)[-1]) or _numbers(tail)
-        if values:
-            return canonical_number(values[0])
-    # 3. The last number anywhere (end of a chain of thought).
-    values = _numbers(text)
-    if values:
-        return canonical_number(values[-1])
-    # 4. A spelled-out small number ("The answer is five").
+        value = _stated_value(text, match.end(), match.end() + len(tail), question_tokens, rejected)
+        if value is not None:
+            return canonical_number(value)
+    skipped = _echo_spans(text, question_tokens) + rejected
+    for number in reversed(list(_NUMBER.finditer(text))):
+        if any(number.start() < end and start < number.end() for start, end in skipped):
+            continue
+        if _TRAILING_OPERATOR.fullmatch(text, number.end()):
+            continue
+        value = _match_value(number)
+        if value is not None:
+            return canonical_number(value)
     words = re.findall(r"[a-z]+", text.lower())
-    for word in reversed(words):
-        if word in _NUMBER_WORDS:
-            return str(_NUMBER_WORDS[word])
+    for i in reversed(range(len(words))):
+        # "three" of "three hundred" or "thirty three" is part of a larger number.
+        neighbours = words[max(i - 1, 0):i] + words[i + 1:i + 2]
+        if words[i] in _NUMBER_WORDS and not set(neighbours) & _LARGER_NUMBER_WORDS:
+            return str(_NUMBER_WORDS[words[i]])
     return None
 
 
@@ -404,33 +687,101 @@ _OPEN_LEAD_INS = re.compile(
 _ABBREVIATIONS = frozenset("st mr mrs ms dr jr sr mt ft vs etc no inc ltd co corp gen col lt sgt".split())
 
 
-def _first_sentence(text: str) -> str:
-    """The first line of ``text`` up to its first sentence end.
+def _split_first_sentence(text: str) -> tuple[str, str]:
+    """``text`` split after the first sentence of its first line: (sentence, rest).
 
     A period after an initialism ("D.C.", "U.S.") or a common abbreviation
     ("St.", "Dr.") does not end the sentence.
     """
-    line = text.strip().split("\n", 1)[0]
+    line, _, after = text.strip().partition("\n")
     for match in re.finditer(r"[.!?](?=\s|$)", line):
         before = re.search(r"(\S+)$", line[: match.start()])
         word = before.group(1) if before else ""
         if match.group() == "." and (re.fullmatch(r"(?:[A-Za-z]\.)*[A-Za-z]", word)
                                      or word.lower() in _ABBREVIATIONS):
             continue
-        return line[: match.start()]
-    return line
+        return line[: match.start()], line[match.end():] + "\n" + after
+    return line, after
 
 
-def _extract_open(text: str) -> str | None:
+def _first_sentence(text: str) -> str:
+    """The first line of ``text`` up to its first sentence end."""
+    return _split_first_sentence(text)[0]
+
+
+# The token that marks a boundary between the items of a listed answer in the
+# normalized open form ("napster | kazaa | and limewire").
+LIST_SEPARATOR = "|"
+# Words that make a comma-separated part a clause ("Paris, which ...", "X, the
+# capital, is ...", "X, followed by Y") rather than a listed candidate.
+_CLAUSE_WORDS = frozenset(
+    "which who whom whose that where when while is was are were be been being has have had "
+    "do does did it its this these those he she they we i you there here but because since "
+    "although though if so then also not followed later after before including like such "
+    "unlike than".split())
+_CONJUNCTIONS = ("and", "or")
+_MAX_ITEM_TOKENS = 4
+
+
+def _is_item(tokens: Sequence[str]) -> bool:
+    """Whether normalized tokens read as a short listed candidate ("kazaa")."""
+    return 0 < len(tokens) <= _MAX_ITEM_TOKENS and not set(tokens) & _CLAUSE_WORDS
+
+
+def _mark_list(candidate: str) -> str:
+    """Normalizes an open answer, keeping the boundaries of a list of candidates.
+
+    A list is "X, Y and Z" / "X, Y or Z" / "X, Y, Z" (an Oxford comma or a
+    semicolon too) whose middle items are short and clause-free, and whose
+    last part begins with an item. Each list comma, and the final "and"/"or",
+    becomes :data:`LIST_SEPARATOR`: "Napster, Kazaa and LimeWire" ->
+    ``"napster | kazaa | and limewire"``. Anything else (one comma as in
+    "Paris, France", apposition "Paris, the capital, is ...", "X and Y"
+    without commas) is plain SQuAD normalization.
+    """
+    parts = [p for p in re.split(r"\s*(?:;|(?<!\d),|,(?!\d))\s*", candidate) if normalize_text(p)]
+    tokens = [normalize_text(p).split() for p in parts]
+
+    def strip_conjunction(words: list[str]) -> list[str]:
+        return words[1:] if words and words[0] in _CONJUNCTIONS else words
+
+    def split_last(words: list[str]) -> list[list[str]] | None:
+        """"y and z ..." -> [["y"], ["and", "z", ...]] when "y" is an item."""
+        for k, word in enumerate(words[1:_MAX_ITEM_TOKENS + 1], start=1):
+            if word in _CONJUNCTIONS and k + 1 < len(words) and _is_item(words[:k]):
+                return [words[:k], words[k:]]
+        return None
+
+    items: list[list[str]] | None = None
+    if len(tokens) >= 3:
+        last = strip_conjunction(tokens[-1])
+        opening = list(itertools.takewhile(lambda w: w not in _CLAUSE_WORDS, last))
+        if all(_is_item(strip_conjunction(t)) for t in tokens[1:-1]) and opening:
+            tail = split_last(tokens[-1]) if tokens[-1][0] not in _CONJUNCTIONS else None
+            items = tokens[:-1] + (tail or [tokens[-1]])
+    elif len(tokens) == 2 and tokens[1][0] not in _CONJUNCTIONS:
+        tail = split_last(tokens[1])
+        items = [tokens[0]] + tail if tail else None
+    if items is None:
+        return normalize_text(candidate)
+    return f" {LIST_SEPARATOR} ".join(" ".join(item) for item in items)
+
+
+def _extract_open(question: Question, text: str) -> str | None:
     phrases = list(_ANSWER_PHRASE.finditer(text))
     candidate = text[phrases[-1].end():] if phrases else text
-    candidate = _first_sentence(candidate)
+    candidate, rest = _split_first_sentence(candidate)
+    # A response that opens with punctuation only ("?? Napster") or by
+    # repeating the question answers in the next sentence.
+    question_text = normalize_text(question.question)
+    while normalize_text(candidate) in ("", question_text) and rest.strip():
+        candidate, rest = _split_first_sentence(rest)
     # Drop a trailing clause joined by "and" that only restates confidence
     # or reasoning ("Paris and I am sure").
     candidate = re.split(r"\s+(?:and|because|since|as)\s+(?:i|my|it|this)\b", candidate,
                          maxsplit=1, flags=re.IGNORECASE)[0]
     candidate = _OPEN_LEAD_INS.sub("", candidate.strip())
-    normalized = normalize_text(candidate)
+    normalized = _mark_list(candidate)
     return normalized or None
 
 
@@ -443,6 +794,88 @@ def token_f1(prediction: str, gold: str) -> float:
         return 0.0
     precision, recall = overlap / len(pred), overlap / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+# Containment (the default open rule): see _answer_contained.
+_NEGATIONS = frozenset("not never nor neither isnt wasnt arent werent doesnt didnt cannot cant".split())
+_NEGATION_PAIRS = frozenset({("rather", "than"), ("instead", "of"), ("other", "than")})
+_ALTERNATIVE_BEFORE = frozenset({"or", "either", "nor", "neither"})
+_ALTERNATIVE_AFTER = frozenset({"or", "nor"})
+# An alias made only of such words ("it", "the one") is too common for containment.
+_FUNCTION_WORDS = frozenset(
+    "a an the it its he she they them his her their we you i me is was are were be been of in on "
+    "at to for by with from and or not no this that these those there here what which who".split())
+
+
+def plain_answer(normalized: str) -> str:
+    """A normalized open answer without its list separators (see module docstring)."""
+    return " ".join(t for t in normalized.split() if t != LIST_SEPARATOR)
+
+
+def _number_word(token: str) -> str:
+    """"eight" -> "8", so "8 seasons" contains the alias "eight seasons"."""
+    return str(_NUMBER_WORDS[token]) if token in _NUMBER_WORDS else token
+
+
+def _runs(needle: Sequence[str], haystack: Sequence[str]) -> list[int]:
+    """Start indices where ``needle`` occurs in ``haystack`` as a contiguous run."""
+    n = len(needle)
+    return [i for i in range(len(haystack) - n + 1) if n and list(haystack[i:i + n]) == list(needle)]
+
+
+def _answer_contained(question: Question, normalized: str) -> bool:
+    """The containment rule: some alias is stated as the answer inside ``normalized``.
+
+    An alias counts where it occurs as whole words (numbers spelled or in
+    digits alike), unless that occurrence is
+
+    * negated: right after "not", "never", "wasn't", "rather than" ...;
+    * one of alternatives: next to "or", after "either"/"neither"/"nor";
+    * an item of a marked list ("napster | kazaa | and limewire") whose
+      items are not all gold aliases (a list of co-answers such as the three
+      books of a series is credited);
+    * the number idiom "one of ...".
+
+    An alias that occurs in the question itself ("Which Napoleon ...?" with
+    alias "Napoleon"), or that is made only of function words, proves
+    nothing by containment: it is credited only when it is the whole answer.
+    """
+    tokens = normalized.split()
+    positions = [i for i, t in enumerate(tokens) if t != LIST_SEPARATOR]
+    plain = [_number_word(tokens[i]) for i in positions]
+    question_words = normalize_text(question.question).split()
+    aliases = [a.split() for a in (normalize_text(x) for x in question.answers) if a]
+
+    def contains_alias(words: Sequence[str]) -> bool:
+        words = [_number_word(w) for w in words]
+        return any(_runs([_number_word(w) for w in alias], words) for alias in aliases)
+
+    pieces = " ".join(tokens).split(LIST_SEPARATOR)
+    co_answers = all(contains_alias(p.split()) for p in pieces)
+
+    def counts(first: int, last: int, alias: Sequence[str]) -> bool:
+        before = tokens[first - 1] if first >= 1 else None
+        before2 = tokens[first - 2] if first >= 2 else None
+        after = tokens[last + 1] if last + 1 < len(tokens) else None
+        if before in _NEGATIONS or (before2, before) in _NEGATION_PAIRS:
+            return False
+        if before in _ALTERNATIVE_BEFORE or after in _ALTERNATIVE_AFTER:
+            return False
+        if len(alias) == 1 and _number_word(alias[0]).isdigit() and after == "of":
+            return False
+        in_list = LIST_SEPARATOR in (before, after) or (before in _CONJUNCTIONS and before2 == LIST_SEPARATOR)
+        return co_answers or not in_list
+
+    for alias in aliases:
+        if _runs(alias, question_words) or set(alias) <= _FUNCTION_WORDS:
+            if [tokens[i] for i in positions] == alias:
+                return True
+            continue
+        needle = [_number_word(w) for w in alias]
+        for start in _runs(needle, plain):
+            if counts(positions[start], positions[start + len(needle) - 1], alias):
+                return True
+    return False
 
 
 def _extract_label(question: Question, text: str) -> str | None:
@@ -480,24 +913,41 @@ def extract_answer(question: Question, response: str) -> str | None:
     if question.kind == "multiple_choice":
         return _extract_choice(question, text)
     if question.kind == "numeric":
-        return _extract_numeric(text)
+        return _extract_numeric(question, _clean(response, arithmetic=True))
     if question.kind == "open":
-        return _extract_open(text)
+        return _extract_open(question, text)
     if question.kind == "label":
         return _extract_label(question, text)
     raise ValueError(f"question {question.id!r}: unknown kind {question.kind!r}")
 
 
-def is_correct(question: Question, normalized: str | None, *,
-               f1_threshold: float | None = None) -> bool:
+def _check_rule(rule: str, f1_threshold: float) -> None:
+    if rule not in OPEN_RULES:
+        raise ValueError(f"unknown open-answer rule {rule!r}; choose one of {', '.join(OPEN_RULES)}")
+    if isinstance(f1_threshold, bool) or not isinstance(f1_threshold, (int, float)) \
+            or not 0 < f1_threshold <= 1:
+        raise ValueError(f"f1_threshold must be a number in (0, 1], got {f1_threshold!r}")
+
+
+def is_correct(question: Question, normalized: str | None, *, rule: str = DEFAULT_OPEN_RULE,
+               f1_threshold: float = 0.5) -> bool:
     """Whether an already-normalized answer matches the gold answers.
 
     Args:
       question: the question with its gold ``answers``.
       normalized: output of :func:`extract_answer` (e.g. a modal answer).
-      f1_threshold: open questions only: also accept a token F1 >= this
-        against any alias (off when None).
+      rule: open questions only, one of :data:`OPEN_RULES`:
+        ``"containment"`` (default): a gold alias is stated inside the answer,
+        not negated and not as one of several alternatives (see
+        :func:`_answer_contained`); ``"exact"``: the whole answer equals an
+        alias; ``"f1"``: token F1 >= ``f1_threshold`` against some alias.
+      f1_threshold: the F1 needed by the ``"f1"`` rule, in (0, 1].
+
+    Raises:
+      ValueError: ``rule`` is not one of :data:`OPEN_RULES`, or
+        ``f1_threshold`` is outside (0, 1].
     """
+    _check_rule(rule, f1_threshold)
     if normalized is None:
         return False
     if question.kind == "numeric":
@@ -507,34 +957,30 @@ def is_correct(question: Question, normalized: str | None, *,
     if question.kind == "label":
         return normalized.casefold() == question.answers[0].casefold()
     if question.kind == "open":
-        aliases = [normalize_text(a) for a in question.answers]
-        if normalized in aliases:
-            return True
-        if f1_threshold is not None:
-            return any(token_f1(normalized, a) >= f1_threshold for a in aliases if a)
-        return False
+        if rule == "containment":
+            return _answer_contained(question, normalized)
+        answer = plain_answer(normalized)
+        aliases = [a for a in (normalize_text(x) for x in question.answers) if a]
+        if rule == "exact":
+            return answer in aliases
+        return any(token_f1(answer, a) >= f1_threshold for a in aliases)
     raise ValueError(f"question {question.id!r}: unknown kind {question.kind!r}")
 
 
-def grade(question: Question, response: str, *, judge: Judge | None = None,
-          f1_threshold: float | None = None) -> Grade:
-    """Extracts and grades one response.
+def grade(question: Question, response: str, *, rule: str = DEFAULT_OPEN_RULE,
+          f1_threshold: float = 0.5) -> Grade:
+    """Extracts and grades one response by the rules (``data/graders.py`` adds the LLM judge).
 
     Args:
       question: the question with gold answers.
       response: the model's raw text.
-      judge: optional :class:`Judge`; when it returns True/False that is the
-        verdict (``Grade.judged`` is set), when it returns None the rule-based
-        grade stands. Off by default.
-      f1_threshold: see :func:`is_correct`.
+      rule: open questions only: see :func:`is_correct`.
+      f1_threshold: for ``rule="f1"``: see :func:`is_correct`.
     """
+    _check_rule(rule, f1_threshold)
     normalized = extract_answer(question, response)
-    if judge is not None:
-        verdict = judge(question, response, normalized)
-        if verdict is not None:
-            return Grade(normalized=normalized, correct=bool(verdict), judged=True)
     return Grade(normalized=normalized,
-                 correct=is_correct(question, normalized, f1_threshold=f1_threshold))
+                 correct=is_correct(question, normalized, rule=rule, f1_threshold=f1_threshold))
 
 
 def canonical_answer(question: Question, normalized: str | None) -> str | None:
@@ -557,7 +1003,7 @@ def canonical_answer(question: Question, normalized: str | None) -> str | None:
         return normalized.upper()
     if question.kind == "label":
         return normalized.casefold()
-    return normalized
+    return plain_answer(normalized)  # list separators do not make answers differ
 
 
 def answers_equal(question: Question, a: str | None, b: str | None) -> bool:
