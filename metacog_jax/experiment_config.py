@@ -73,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.validation_fraction = 0.2
     # The answer prompt's instruction: a name in prompts.ANSWER_INSTRUCTIONS or a template with {hint}.
     c.data.answer_instruction = "sentence"
+    # Your own question sets, no code: c.data.custom.<name> = ConfigDict(path=..., kind=..., fields=...), then
+    # <name> in data.domains or data.ood_domains (keys and layouts: metacog_jax/data/sources/custom.py).
+    c.data.custom = ml_collections.ConfigDict()
 
     c.sample = ml_collections.ConfigDict()
     c.sample.k = 10
@@ -215,6 +218,21 @@ def _validate_targets(c: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config targets.domain_weights needs a positive weight, got {weights}")
 
 
+def _validate_custom(c: ml_collections.ConfigDict) -> None:
+    """data.custom: each set well declared, not named like a built-in set, and listed as its role says."""
+    custom = c.data.get("custom")
+    if not custom:
+        return
+    from metacog_jax.data.sources import custom_domains
+
+    lists = {"in_domain": "data.domains", "out_of_domain": "data.ood_domains"}
+    for name, info in custom_domains(custom).items():
+        for role, field in lists.items():
+            if role != info.role and name in c.data[field.split(".")[1]]:
+                raise ValueError(f"config data.custom.{name}.role={info.role!r}, but {field} lists {name!r}; list it "
+                                 f"in {lists[info.role]} or set data.custom.{name}.role={role!r}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Cross-field checks that a typed override cannot catch."""
     if not c.data.domains:
@@ -241,3 +259,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.train.lora.rank < 0:
         raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")
     _validate_targets(c)
+    _validate_custom(c)

@@ -40,7 +40,7 @@ def load_domain_questions(config, data_workdir: Path) -> dict[str, list[Question
     held_out = "validation" if d.evaluate_on == "validation" else "test"
     v = d.validation_fraction if held_out == "validation" else 0.0
     kw = dict(seed=config.seed, test_fraction=d.test_fraction, levels=tuple(d.procedural_levels),
-              validation_fraction=v)
+              validation_fraction=v, custom=d.get("custom"))  # sets declared in the config (data.custom)
     where = tfds_dir_for(config, data_workdir)
 
     def evaluated(name: str) -> list[Question]:

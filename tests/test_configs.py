@@ -19,8 +19,8 @@ EXPERIMENT_FILES = sorted(p.name for p in CONFIG_DIR.glob("*.py") if p.name not 
 
 
 def test_the_experiment_files_are_all_there():
-    assert EXPERIMENT_FILES == ["base.py", "demo.py", "explain.py", "multitask.py", "pairwise.py", "single.py",
-                                "tiny.py"]
+    assert EXPERIMENT_FILES == ["base.py", "custom_example.py", "demo.py", "explain.py", "multitask.py",
+                                "pairwise.py", "single.py", "tiny.py"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENT_FILES)

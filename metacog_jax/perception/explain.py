@@ -148,7 +148,7 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
     pool_n = max(int(e.pool_size), n)
     questions = load_questions(domain, config.data.manual_dir or None, tfds_dir_for(config, workdir), "test", n=pool_n,
                                seed=config.seed, test_fraction=config.data.test_fraction,
-                               levels=tuple(config.data.procedural_levels))
+                               levels=tuple(config.data.procedural_levels), custom=config.data.get("custom"))
     if not questions:
         raise ValueError(f"domain {domain!r} has no test-split questions")
     log.info("explain: %d %s test questions in the pool; loading %s", len(questions), domain, config.model.name)

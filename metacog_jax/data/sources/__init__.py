@@ -6,6 +6,10 @@ paper's design, and the TFDS builder or procedural generator behind it).
 (array_record files; later calls only read) and reads it back through
 ``builder.as_data_source()``; procedural domains are generated in memory.
 
+Sets declared in the config (``config.data.custom.<name>``, see ``custom.py``) join the registry per
+call: pass ``custom=config.data.custom`` to :func:`domain_info`, :func:`builders` and
+:func:`load_questions`, and the name resolves like a built-in one (same TFDS path, cached per content).
+
 TFDS builder modules are imported lazily, so importing this registry is cheap.
 ``Question.domain`` of every returned question is the registry name it was
 loaded under (``"legalbench"`` for the union of the three LegalBench tasks,
@@ -45,6 +49,8 @@ class DomainInfo:
       configs: builder configs to read and concatenate (LegalBench tasks);
         empty for single-config builders.
       description: one line for listings.
+      custom: the validated ``custom.CustomSpec`` of a set declared in ``config.data.custom``; None for
+        built-in sets.
     """
 
     name: str
@@ -53,6 +59,7 @@ class DomainInfo:
     builder: str | None
     configs: tuple[str, ...] = ()
     description: str = ""
+    custom: Any = None
 
     @property
     def procedural(self) -> bool:
@@ -103,16 +110,46 @@ def _domains() -> dict[str, DomainInfo]:
 DOMAINS: dict[str, DomainInfo] = _domains()
 
 
-def domain_info(name: str) -> DomainInfo:
-    """Returns the registry entry for ``name``.
+def custom_domains(custom: Any = None) -> dict[str, DomainInfo]:
+    """Registry entries of the sets declared in ``config.data.custom`` (validated; none when empty).
+
+    Args:
+      custom: ``config.data.custom`` (a ConfigDict or mapping of set name -> settings), or None.
 
     Raises:
-      ValueError: unknown name; the message lists the known ones.
+      ValueError: a set named like a built-in domain, or a declaration error naming
+        ``data.custom.<name>.<field>`` (see ``custom.spec_from_config``).
     """
+    if not custom:
+        return {}
+    from metacog_jax.data.sources.custom import spec_from_config  # lazy: imports TFDS
+
+    out = {}
+    for name in custom.keys():
+        if name in DOMAINS:
+            raise ValueError(f"config data.custom.{name}: {name!r} is a built-in domain ({DOMAINS[name].description}); "
+                             "give the custom set another name")
+        spec = spec_from_config(name, custom[name])
+        out[name] = DomainInfo(name, spec.kind, spec.role, "custom:CustomQuestions",
+                               description=f"custom set from {spec.path}", custom=spec)
+    return out
+
+
+def domain_info(name: str, custom: Any = None) -> DomainInfo:
+    """Returns the registry entry for ``name``: a built-in domain or a set of ``custom``.
+
+    Args:
+      name: a registry name, or the name of a set declared in ``custom``.
+      custom: ``config.data.custom`` (see :func:`custom_domains`), or None for built-in domains only.
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones), or a bad ``custom`` declaration.
+    """
+    known = {**DOMAINS, **custom_domains(custom)}
     try:
-        return DOMAINS[name]
+        return known[name]
     except KeyError:
-        raise ValueError(f"unknown domain {name!r}; known domains: {', '.join(sorted(DOMAINS))}") from None
+        raise ValueError(f"unknown domain {name!r}; known domains: {', '.join(sorted(known))}") from None
 
 
 def tfds_dir_for(config, workdir: str | os.PathLike[str]) -> Path:
@@ -122,7 +159,7 @@ def tfds_dir_for(config, workdir: str | os.PathLike[str]) -> Path:
 
 
 def builders(name: str, manual_dir: str | os.PathLike[str] | None,
-             tfds_dir: str | os.PathLike[str]) -> list[Any]:
+             tfds_dir: str | os.PathLike[str], custom: Any = None) -> list[Any]:
     """Returns the prepared TFDS builder(s) of a file-backed domain.
 
     Builds the array_record files under ``tfds_dir`` if they are not there
@@ -133,12 +170,18 @@ def builders(name: str, manual_dir: str | os.PathLike[str] | None,
       manual_dir: root of the official files (layout as ``shared/data``), or
         None to download them from the official URLs.
       tfds_dir: writable output root for the TFDS files (in the run workdir).
+      custom: ``config.data.custom``, so that ``name`` may be a declared set (its files are
+        found, hashed and, when new, built; ``manual_dir`` does not apply).
 
     Raises:
       MissingSourceError: the manual dir or a file in it is missing.
       MalformedRecordError: a source row cannot be parsed (``file:line``).
     """
-    info = domain_info(name)
+    info = domain_info(name, custom)
+    if info.custom is not None:
+        from metacog_jax.data.sources.custom import prepare  # lazy: imports TFDS
+
+        return [prepare(info.custom, tfds_dir)]
     cls = info.builder_class()
     out = []
     for config in info.configs or (None,):
@@ -170,7 +213,8 @@ def _read_built(name: str, builder: Any, test_fraction: float) -> list[Question]
 def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
                    tfds_dir: str | os.PathLike[str], split: str, n: int | None = None,
                    seed: int = 0, *, test_fraction: float = splits.DEFAULT_TEST_FRACTION,
-                   levels: Sequence[int] | None = None, validation_fraction: float = 0.0) -> list[Question]:
+                   levels: Sequence[int] | None = None, validation_fraction: float = 0.0,
+                   custom: Any = None) -> list[Question]:
     """Loads one domain's questions for one split.
 
     Args:
@@ -190,6 +234,8 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
       levels: procedural domains only: difficulty levels to draw from (default all).
       validation_fraction: share of the train questions carved out as ``"validation"``
         (``splits.carve_validation`` on the canonical form, else the id); 0 = none.
+      custom: ``config.data.custom`` (sets declared in the config); a set's own ``test_fraction``,
+        when given, replaces ``test_fraction``.
 
     Returns:
       Questions in source-file order.
@@ -199,7 +245,9 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
       MissingSourceError: the manual dir or one of its files is missing.
       MalformedRecordError: a source row is malformed (``file:line``, field).
     """
-    info = domain_info(name)
+    info = domain_info(name, custom)
+    if info.custom is not None and info.custom.test_fraction is not None:
+        test_fraction = info.custom.test_fraction
     if split not in ("train", "validation", "test", "all"):
         raise ValueError(f"split must be 'train', 'validation', 'test' or 'all', got {split!r}")
     if info.procedural:
@@ -207,7 +255,7 @@ def load_questions(name: str, manual_dir: str | os.PathLike[str] | None,
                                    test_fraction=test_fraction, levels=tuple(levels or procedural.LEVELS),
                                    validation_fraction=validation_fraction)
     questions: list[Question] = []
-    for builder in builders(name, manual_dir, tfds_dir):
+    for builder in builders(name, manual_dir, tfds_dir, custom):
         questions.extend(_read_built(name, builder, test_fraction))
     if validation_fraction > 0:
         questions = [dataclasses.replace(q, split=splits.carve_validation(q.meta.get("canonical", q.id), q.split,

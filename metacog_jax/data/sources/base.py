@@ -97,8 +97,17 @@ def read_tsv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[
     Raises:
       MalformedRecordError: a required column is missing or a row is short.
     """
-    with Path(path).open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
+    yield from read_delimited(path, required, delimiter="\t")
+
+
+def read_delimited(path: Path, required: tuple[str, ...], *, delimiter: str = ",",
+                   encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, str]]]:
+    """:func:`read_tsv` for any delimiter and encoding (``"utf-8-sig"`` drops a byte-order mark).
+
+    A row with more values than the header keeps the extra ones in a list under the key ``None``.
+    """
+    with Path(path).open(encoding=encoding, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
