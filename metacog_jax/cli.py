@@ -1,6 +1,7 @@
 """`metacog` command line: parses flags and the config, then calls the library. No logic lives here.
 
     metacog sample   --config=configs/single.py:domains=gsm8k --workdir=runs/x
+    metacog grade    --config=... --workdir=runs/x [--compare=containment,judge]
     metacog targets  --config=... --workdir=runs/x
     metacog train    --config=... --workdir=runs/x/S [--data_workdir=runs/x] [--config.train.lr=1e-5]
     metacog eval     --config=... --workdir=runs/x/S [--data_workdir=runs/x]
@@ -25,13 +26,14 @@ import logging
 import sys
 from pathlib import Path
 
-COMMANDS = ("sample", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo", "tune")
+COMMANDS = ("sample", "grade", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo", "tune")
 # The commands that load an experiment config (--config); they are the model stages.
-CONFIG_COMMANDS = ("sample", "targets", "train", "eval", "export", "explain", "demo", "tune")
+CONFIG_COMMANDS = ("sample", "grade", "targets", "train", "eval", "export", "explain", "demo", "tune")
 DEFAULT_CONFIG = {"demo": "configs/demo.py"}
 
 _HELP = {
     "sample": "K samples per question for every configured domain, graded (samples/, questions/)",
+    "grade": "grade the cached samples again (config.grading) and rebuild the targets; or compare two graders",
     "targets": "confidence targets from the samples (targets/)",
     "train": "fine-tune on the targets (checkpoints/, train/)",
     "eval": "score a run on every test set (eval/)",
@@ -94,6 +96,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     stage("sample", "data directory: samples/, questions/ (config.sample.json)", data_workdir=True,
           data_dir=True)
+    grade = stage("grade", "data directory: samples/ graded again, grading/ (config.grade.json)", data_workdir=True)
+    grade.add_argument("--compare", default=None, metavar="A,B",
+                       help="compare two graders instead of re-grading: containment, exact, f1, f1:0.6, judge, "
+                            "rule_then_judge or config (the judge is config.grading.judge); prints Cohen's kappa")
+    grade.add_argument("--which", default="all", choices=("all", "greedy", "samples"),
+                       help="answers compared by --compare (default: %(default)s)")
     stage("targets", "data directory: targets/ from its samples/ (config.targets.json)", data_workdir=True)
     stage("train", "run directory: checkpoints/, train/", data_workdir=True)
     stage("eval", "run directory: reads checkpoints/ (base condition: none), writes eval/", data_workdir=True)
@@ -350,6 +358,13 @@ def _run(cmd, args, spec, overrides) -> int:
     if cmd == "sample":
         for domain, text in pipeline.stage_sample(config, data_workdir).items():
             print(f"{domain}: {text}")
+    elif cmd == "grade":
+        compare = None
+        if args.compare is not None:
+            compare = tuple(x.strip() for x in args.compare.split(","))
+            if len(compare) != 2 or not all(compare):
+                raise ValueError(f"--compare={args.compare!r}: expected two graders A,B (e.g. containment,judge)")
+        print(_format_grade(pipeline.stage_grade(config, data_workdir, compare, which=args.which)))
     elif cmd == "targets":
         from metacog_jax.data.targets import format_summary
 
@@ -371,6 +386,36 @@ def _run(cmd, args, spec, overrides) -> int:
         path = run_explain(config, workdir, domain=args.domain, n=args.n)
         print(f"wrote {path}")
     return 0
+
+
+def _format_grade(out: dict) -> str:
+    """A few lines per domain: what a re-grade changed, or how two graders agree."""
+    lines = []
+    if "a" in out:
+        lines.append(f"A = {out['a']}, B = {out['b']} ({out['which']} answers)")
+        for ds, r in out["domains"].items():
+            k, t = r["kappa"], r["table"]
+            fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"
+            lines.append(f"{ds}: {r['n_answers']} answers of {r['n_questions']} questions; Cohen's kappa "
+                         f"{fmt(k['estimate'])} [{fmt(k['low'])}, {fmt(k['high'])}], agreement "
+                         f"{fmt(r['agreement']['estimate'])}; accuracy A {fmt(r['accuracy_a']['estimate'])}, "
+                         f"B {fmt(r['accuracy_b']['estimate'])}; both right {t['both_right']}, A only {t['a_only']}, "
+                         f"B only {t['b_only']}, both wrong {t['both_wrong']}")
+        return "\n".join(lines)
+    lines.append(f"graded with {out['grading']}")
+    for ds, r in out["domains"].items():
+        by = ", ".join(f"{k} {n}" for k, n in r["decided_by"].items())
+        if "skipped" in r:
+            lines.append(f"{ds}: {r['questions']} questions, {r['skipped']} ({by})")
+            continue
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        lines.append(f"{ds}: {r['questions']} questions, {r['answers']} answers; greedy accuracy "
+                     f"{fmt(r['greedy_accuracy_before'])} -> {fmt(r['greedy_accuracy'])}, modal accuracy "
+                     f"{fmt(r['modal_accuracy_before'])} -> {fmt(r['modal_accuracy'])}; {r['greedy_changed']} greedy "
+                     f"and {r['samples_changed']} sampled grades changed; decided by: {by}")
+    if "targets" in out:
+        lines.append("targets rebuilt from the new grades")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

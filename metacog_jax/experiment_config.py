@@ -84,6 +84,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.sample.max_new_tokens = 32
     c.sample.batch_size = 16
 
+    # How answers are graded (data/graders.py): rule | judge | rule_then_judge (the judge only where the rule
+    # is unsure). Open answers by open_rule: containment (a gold alias inside the answer) | exact | f1.
+    c.grading = ml_collections.ConfigDict()
+    c.grading.mode = "rule"
+    c.grading.open_rule = "containment"
+    c.grading.f1_threshold = 0.5  # open_rule "f1": token F1 against an alias at least this
+    # The LLM judge: a preset, hub id, Hugging Face directory or GGUF file; "" = the config's own model (offline
+    # that is the embedded 135M model judging its own answers: it tests the machinery, it is no reference).
+    c.grading.judge = ""
+    c.grading.judge_kinds = ("open",)  # the kinds the judge grades; the rules grade the others
+    c.grading.judge_batch_size = 16
+    c.grading.judge_max_new_tokens = 4
+    c.grading.judge_cache = ""  # "" = <data workdir>/grading/judge_cache.jsonl
+
     c.targets = ml_collections.ConfigDict()
     c.targets.mode = "binned_accuracy"  # binned_accuracy | consistency | correctness
     # The answer a completion carries and whose correctness fits the bins: modal (METHOD) | greedy (the
@@ -218,6 +232,18 @@ def _validate_targets(c: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config targets.domain_weights needs a positive weight, got {weights}")
 
 
+def _validate_grading(c: ml_collections.ConfigDict) -> None:
+    from metacog_jax.data import graders
+
+    try:
+        graders.settings_from_config(c)
+    except ValueError as e:
+        raise ValueError(f"config grading: {e}") from None
+    if c.grading.judge_batch_size < 1 or c.grading.judge_max_new_tokens < 1:
+        raise ValueError(f"config grading.judge_batch_size={c.grading.judge_batch_size} and "
+                         f"grading.judge_max_new_tokens={c.grading.judge_max_new_tokens} must be >= 1")
+
+
 def _validate_custom(c: ml_collections.ConfigDict) -> None:
     """data.custom: each set well declared, not named like a built-in set, and listed as its role says."""
     custom = c.data.get("custom")
@@ -260,3 +286,4 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")
     _validate_targets(c)
     _validate_custom(c)
+    _validate_grading(c)

@@ -1,6 +1,7 @@
 """The stages of one experiment, each a function of (config, workdir) that the CLI and notebooks call.
 
     sample   -> <data>/samples/<domain>.jsonl, <data>/questions/<domain>.jsonl
+    grade    -> the samples graded again (config.grading), <data>/grading/; targets rebuilt
     targets  -> <data>/targets/{single,pairwise}.jsonl, summary.json
     train    -> <run>/checkpoints, <run>/train/metrics.jsonl (+ TensorBoard)
     evaluate -> <run>/eval/<dataset>.jsonl, <run>/eval/metrics.json
@@ -64,19 +65,75 @@ def stage_sample(config, data_workdir: str | Path, model=None) -> dict:
     from metacog_jax.models.build import build_model
     from metacog_jax.sampling import Sampler
 
+    from metacog_jax.data import graders, records
+
     data_workdir = Path(data_workdir)
     loaded = model or build_model(config)
     sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=config.sample.batch_size)
+    grader = graders.make_grader(config, data_workdir, model=loaded)
     summaries = {}
     for domain, questions in load_domain_questions(config, data_workdir).items():
         s = config.sample
-        summary = sample_questions(sampler, questions, data_workdir / "samples" / f"{domain}.jsonl", k=s.k,
+        path = data_workdir / "samples" / f"{domain}.jsonl"
+        summary = sample_questions(sampler, questions, path, k=s.k,
                                    temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                    seed=config.seed, model_name=config.model.name,
-                                   instruction=config.data.answer_instruction)
-        log.info("%s: %s", domain, summary.format())
-        summaries[domain] = summary.format()
+                                   instruction=config.data.answer_instruction, grader=grader)
+        # Lines resumed from a run graded otherwise (another config.grading) are graded again, so one file
+        # never mixes two graders.
+        regraded = graders.regrade_samples(path, {q.id: q for q in records.read_questions(summary.questions_path)},
+                                           grader)
+        text = summary.format()
+        if "skipped" not in regraded:
+            text += f"\n  re-graded with {regraded['grading']}: greedy accuracy {regraded['greedy_accuracy']}"
+        log.info("%s: %s", domain, text)
+        summaries[domain] = text
     return summaries
+
+
+def stage_grade(config, data_workdir: str | Path, compare: tuple[str, str] | None = None,
+                which: str = "all") -> dict:
+    """Grade the cached samples again with ``config.grading`` (or compare two graders on them).
+
+    Without ``compare``: every configured domain's samples file is re-graded and rewritten (answers,
+    consistency, modal correctness; nothing is re-sampled), then the targets are rebuilt when a targets
+    stage had run. Resumable: a file already graded with these settings is skipped and judge verdicts are
+    cached. With ``compare=(a, b)`` (grader specs, ``graders.settings_from_config``): nothing is rewritten;
+    Cohen's kappa between the two per domain goes to ``<data>/grading/compare_<a>_vs_<b>.json``.
+    """
+    from metacog_jax import artifacts
+    from metacog_jax.data import graders
+    from metacog_jax.data import targets as targets_lib
+
+    data_workdir = Path(data_workdir)
+    names = list(config.data.domains) + list(config.data.ood_domains)
+    present = [n for n in names if (data_workdir / "samples" / f"{n}.jsonl").exists()]
+    if not present:
+        raise FileNotFoundError(f"no samples for {names} in {data_workdir / 'samples'}; run `metacog sample` first")
+    samples, questions = targets_lib.load_sampled(data_workdir, domains=present)
+    if compare is None:
+        grader = graders.make_grader(config, data_workdir)
+        out: dict = {"grading": grader.settings.name(), "domains": {}}
+        for n in present:
+            out["domains"][n] = graders.regrade_samples(data_workdir / "samples" / f"{n}.jsonl", questions, grader,
+                                                        progress=True)
+        if (data_workdir / "targets").exists():
+            out["targets"] = stage_targets(config, data_workdir)
+        artifacts.write_json(data_workdir / "grading" / "grade.json", out)
+        return out
+    a_settings, b_settings = (graders.settings_from_config(config, spec) for spec in compare)
+    a = graders.make_grader(config, data_workdir, a_settings)
+    # One judge for both graders: the second reuses the first's model and verdicts.
+    b = graders.Grader(b_settings, a.judge) if a.judge is not None else graders.make_grader(config, data_workdir,
+                                                                                             b_settings)
+    out = {"a": a_settings.name(), "b": b_settings.name(), "which": which, "domains": {}}
+    for n in present:
+        recs = [r for r in samples if r["domain"] == n]
+        out["domains"][n] = graders.compare_graders(recs, questions, a, b, which=which, seed=config.seed,
+                                                    progress=True)
+    safe = lambda spec: "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in spec)
+    artifacts.write_json(data_workdir / "grading" / f"compare_{safe(compare[0])}_vs_{safe(compare[1])}.json", out)
+    return out
 
 
 def stage_targets(config, data_workdir: str | Path) -> dict:
@@ -189,21 +246,20 @@ def eval_datasets(config, data_workdir: Path) -> tuple[dict, dict]:
 
 
 def regrade_greedy(sampler, questions: list[Question], records: list[dict], max_new_tokens: int,
-                   instruction: str | None = None) -> list[dict]:
+                   instruction: str | None = None, grader=None) -> list[dict]:
     """Copies of `records` whose greedy answer comes from `sampler`'s model (a fine-tuned model answers
-    for itself; consistency stays the base model's, which defines the pairwise ranking)."""
-    from metacog_jax.data.grading import grade
+    for itself; consistency stays the base model's, which defines the pairwise ranking), graded by
+    `grader` (``data/graders.py``; None = the default rule)."""
+    from metacog_jax.data.graders import Grader
     from metacog_jax.sampling import SamplingParams
 
     ids = [sampler.tokenizer.encode(prompts.answer_prompt(sampler.tokenizer, q, instruction), add_special_tokens=False)
            for q in questions]
     gen = sampler.generate(ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
                            jax.random.key(0))
-    out = []
-    for q, rec, row in zip(questions, records, gen.completions):
-        g = grade(q, row[0].text)
-        out.append(dict(rec, greedy={"text": row[0].text, "answer": g.normalized, "correct": g.correct}))
-    return out
+    graded = (grader or Grader()).grade_many([(q, row[0].text) for q, row in zip(questions, gen.completions)])
+    return [dict(rec, greedy={"text": row[0].text, "answer": g.normalized, "correct": g.correct, "grader": g.grader})
+            for rec, row, g in zip(records, gen.completions, graded)]
 
 
 def stage_eval(config, run_workdir: str | Path, data_workdir: str | Path | None = None) -> dict:
@@ -218,8 +274,11 @@ def stage_eval(config, run_workdir: str | Path, data_workdir: str | Path | None 
     loaded, step = model_for_eval(config, run_workdir)
     sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=config.sample.batch_size)
     if step > 0:
+        from metacog_jax.data.graders import make_grader
+
+        grader = make_grader(config, data_workdir)  # the judge (if any) is the config's judge, not this model
         datasets = {n: (qs, regrade_greedy(sampler, qs, recs, config.sample.max_new_tokens,
-                                                config.data.answer_instruction))
+                                           config.data.answer_instruction, grader))
                     for n, (qs, recs) in datasets.items()}
     e = config.eval
     n_pairs = {n: (e.n_pairs_ood or e.n_pairs) if roles[n] == "out_of_domain" else e.n_pairs for n in datasets}

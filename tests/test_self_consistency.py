@@ -40,7 +40,8 @@ def test_writes_one_graded_line_per_question_then_resume_skips_all(sampler, ques
         assert (r["domain"], r["split"], r["kind"], r["k"], r["model"]) == (q.domain, q.split, q.kind, K, "tiny")
         assert len(r["samples"]) == K and 0.0 <= r["consistency"] <= 1.0
         assert r["consistency"] == pytest.approx(r["modal_count"] / K)
-        assert set(r["greedy"]) == {"text", "answer", "correct"}
+        assert set(r["greedy"]) == {"text", "answer", "correct", "grader"}
+        assert r["grading"] == {"mode": "rule", "open_rule": "containment"}
     # The questions used are written beside the samples so later stages can render prompts by id.
     saved = records.read_questions(default_questions_path(path))
     assert saved == list(questions)
@@ -105,7 +106,7 @@ def test_grade_samples_counts_unparseable_in_denominator():
     out = grade_samples(q, ["The answer is 4", "no idea", "4.0", "The answer is 5"], "The answer is 4")
     assert [s["answer"] for s in out["samples"]] == ["4", None, "4", "5"]
     assert (out["modal_answer"], out["modal_count"], out["consistency"], out["modal_correct"]) == ("4", 2, 0.5, True)
-    assert out["greedy"] == {"text": "The answer is 4", "answer": "4", "correct": True}
+    assert out["greedy"] == {"text": "The answer is 4", "answer": "4", "correct": True, "grader": "rule:numeric"}
     none = grade_samples(q, ["no", "idea"], None)
     assert (none["modal_answer"], none["consistency"], none["modal_correct"], none["greedy"]) == (None, 0.0, False,
                                                                                                None)

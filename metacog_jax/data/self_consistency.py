@@ -17,9 +17,10 @@ Python's ``hash()``), and the sampler's randomness does not depend on which othe
 Line format (``workdir/samples/<domain>.jsonl``)::
 
     {"id", "domain", "split", "kind",
-     "samples": [{"text", "answer" (normalized or null), "correct"}, ...],
+     "samples": [{"text", "answer" (normalized or null), "correct", "grader"}, ...],
      "modal_answer", "modal_count", "consistency", "modal_correct",
-     "greedy": {"text", "answer", "correct"} | null,
+     "greedy": {"text", "answer", "correct", "grader"} | null,
+     "grading": {the grader's settings, data/graders.py},
      "k", "temperature", "top_p", "max_new_tokens", "seed", "model"}
 """
 
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metacog_jax.data import grading, prompts, records, splits
+from metacog_jax.data import graders, prompts, records, splits
 from metacog_jax.data.records import Question
 
 log = logging.getLogger(__name__)
@@ -109,30 +110,21 @@ def default_questions_path(out_path: str | os.PathLike[str]) -> Path:
     return out_path.parent.parent / "questions" / out_path.name
 
 
-def grade_samples(question: Question, texts: Sequence[str], greedy_text: str | None) -> dict[str, Any]:
+def grade_samples(question: Question, texts: Sequence[str], greedy_text: str | None,
+                  grader: graders.Grader | None = None) -> dict[str, Any]:
     """Grades K sample texts (and an optional greedy text) of one question.
+
+    Args:
+      grader: how to grade (``data/graders.py``); None = the default rule.
 
     Returns:
       The graded part of a sample line: ``samples``, ``modal_answer``, ``modal_count``,
       ``consistency`` (modal count / K, unparseable samples in the denominator), ``modal_correct``,
-      ``greedy``.
+      ``greedy``, ``grading`` (see ``graders.graded_fields``).
     """
-    if not texts:
-        raise ValueError(f"question {question.id!r}: no samples to grade")
-    graded = [grading.grade(question, t) for t in texts]
-    modal, count = grading.modal_answer(question, [g.normalized for g in graded])
-    greedy = None
-    if greedy_text is not None:
-        g = grading.grade(question, greedy_text)
-        greedy = {"text": greedy_text, "answer": g.normalized, "correct": g.correct}
-    return {
-        "samples": [{"text": t, "answer": g.normalized, "correct": g.correct} for t, g in zip(texts, graded)],
-        "modal_answer": modal,
-        "modal_count": count,
-        "consistency": count / len(texts),
-        "modal_correct": grading.is_correct(question, modal),
-        "greedy": greedy,
-    }
+    grader = grader or graders.Grader()
+    items = [(question, t) for t in texts] + ([(question, greedy_text)] if greedy_text is not None else [])
+    return graders.graded_fields(question, texts, greedy_text, grader.grade_many(items), grader.settings)
 
 
 # -- reading and validating --------------------------------------------------------------------------------
@@ -255,7 +247,7 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                      greedy: bool = True, progress: bool = True, chunk_size: int | None = None,
                      model_name: str | None = None,
                      questions_path: str | os.PathLike[str] | None = None,
-                     instruction: str | None = None) -> SampleSummary:
+                     instruction: str | None = None, grader: graders.Grader | None = None) -> SampleSummary:
     """Samples K graded answers per question and appends one JSON line per question to ``out_path``.
 
     Resumable: finished ids in ``out_path`` are skipped, a truncated last line is dropped (the file is cut
@@ -276,6 +268,8 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
       model_name: recorded in every line as ``"model"`` when given.
       questions_path: where the Question records go; default ``default_questions_path(out_path)``.
       instruction: the answer instruction (``prompts.answer_instruction``); None = the default wording.
+      grader: how answers are graded (``data/graders.py``); None = the default rule. A file graded with
+        other settings is re-graded with ``graders.regrade_samples`` (the pipeline does it after sampling).
 
     Returns:
       A :class:`SampleSummary` over the whole file.
@@ -319,6 +313,7 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
     todo = [q for q in questions if q.id not in done]
     _merge_questions(questions_path, questions)
 
+    grader = grader or graders.Grader()
     tokenizer = sampler.tokenizer
     # With greedy=True the greedy answer is row 0 of the same call (greedy_first): one prefill serves the
     # greedy answer and the K samples.
@@ -345,10 +340,19 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                     rows = [row[1:] for row in gen.completions]
                 else:
                     greedy_texts, rows = [None] * len(chunk), gen.completions
-                lines = []
+                # One grading call per chunk, so a judge sees the whole chunk's answers in one batch.
+                items, spans = [], []
                 for q, row, greedy_text in zip(chunk, rows, greedy_texts):
+                    texts = [c.text for c in row]
+                    spans.append((len(items), texts, greedy_text))
+                    items += [(q, t) for t in texts] + ([(q, greedy_text)] if greedy_text is not None else [])
+                graded = grader.grade_many(items)
+                lines = []
+                for q, (start, texts, greedy_text) in zip(chunk, spans):
+                    end = start + len(texts) + (greedy_text is not None)
                     record = {"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind,
-                              **grade_samples(q, [c.text for c in row], greedy_text), **settings}
+                              **graders.graded_fields(q, texts, greedy_text, graded[start:end], grader.settings),
+                              **settings}
                     lines.append(json.dumps(record, ensure_ascii=False) + "\n")
                 # One write per chunk, then fsync: a kill leaves complete lines plus at most one fragment.
                 f.write("".join(lines))

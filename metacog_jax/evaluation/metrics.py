@@ -113,6 +113,27 @@ def accuracy(correct: ArrayLike, weights: ArrayLike | None = None) -> Array:
 
 
 @jax.jit
+def cohen_kappa(a: ArrayLike, b: ArrayLike, weights: ArrayLike | None = None) -> Array:
+    """Cohen's kappa between two binary gradings of the same items (e.g. two graders' right/wrong).
+
+    ``kappa = (p_o - p_e) / (1 - p_e)``: ``p_o`` the weighted share of items the two agree on, ``p_e`` the
+    agreement expected by chance from each grader's own share of 1s (``p_a p_b + (1 - p_a)(1 - p_b)``).
+    NaN when ``p_e`` is 1 (both graders give every item the same one label: agreement is not informative).
+
+    Args:
+      a, b: ``(N,)`` 0/1 per item.
+      weights: optional ``(N,)`` non-negative weights (bootstrap multiplicities).
+    """
+    a, b = _as_float(a), _as_float(b)
+    w = _weights_like(a, weights)
+    total = jnp.sum(w)
+    p_o = _safe_ratio(jnp.sum(w * (a == b)), total)
+    p_a, p_b = _safe_ratio(jnp.sum(w * a), total), _safe_ratio(jnp.sum(w * b), total)
+    p_e = p_a * p_b + (1.0 - p_a) * (1.0 - p_b)
+    return _safe_ratio(p_o - p_e, jnp.where(1.0 - p_e > 1e-6, 1.0 - p_e, 0.0))  # 1e-6: float32 rounding
+
+
+@jax.jit
 def mean_confidence(conf: ArrayLike, weights: ArrayLike | None = None) -> Array:
     """Weighted mean confidence. ``conf``: ``(N,)`` in [0, 1]. Returns a scalar."""
     conf = _as_float(conf)

@@ -187,6 +187,7 @@ def build_report(run_dirs: Mapping[str, str | os.PathLike], out_dir: str | os.Pa
     counts: dict[str, dict[str, dict[str, Any]]] = {}
     accuracy: dict[str, dict[str, Any]] = {ds: {} for ds in roles}
     label_mass: dict[str, dict[str, Any]] = {}
+    graded_by: dict[str, dict[str, Any]] = {ds: {} for ds in roles}
     for cond in conditions:
         main[cond], counts[cond], label_mass[cond] = {}, {}, {}
         for ds in roles:
@@ -195,6 +196,7 @@ def build_report(run_dirs: Mapping[str, str | os.PathLike], out_dir: str | os.Pa
                               for key, block, name, _, _ in MAIN_METRICS}
             counts[cond][ds] = {key: _counts(e, key) for key, *_ in MAIN_METRICS}
             accuracy[ds][cond] = _interval(e.get("single"), "accuracy") if e else None
+            graded_by[ds][cond] = e.get("single", {}).get("graded_by") if e else None
             label_mass[cond][ds] = ({task: e.get(task, {}).get("mean_label_mass") for task in ("single", "pairwise")}
                                     if e else None)
 
@@ -281,6 +283,7 @@ def build_report(run_dirs: Mapping[str, str | os.PathLike], out_dir: str | os.Pa
         "paired": paired_diffs,
         "transfer": transfer,
         "accuracy": accuracy,
+        "graded_by": graded_by,
         "label_mass": label_mass,
         "diagrams": diagrams,
     }
@@ -378,6 +381,13 @@ def _markdown(report: Mapping[str, Any]) -> str:
             row.append(f"{max(deltas):.3f}" if deltas else "n/a")
         rows.append(row)
     out += [_md_table(header, rows), ""]
+    graded = report.get("graded_by", {})
+    if any(v for per in graded.values() for v in per.values()):
+        out += ["Who graded the answers (data/graders.py: a rule, or an LLM judge where config.grading asks for "
+                "one): answers per grader.", ""]
+        rows = [[ds] + ["; ".join(f"{k} {n}" for k, n in (graded.get(ds, {}).get(c) or {}).items()) or "n/a"
+                        for c in conds] for ds in all_ds]
+        out += [_md_table(["dataset"] + conds, rows), ""]
 
     mass = report.get("label_mass", {})
     if any(x is not None for per in mass.values() for m in per.values() if m for x in m.values()):

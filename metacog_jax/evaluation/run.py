@@ -28,6 +28,7 @@ answers and grades, consistencies, `tag`) is read back instead of scored again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -171,7 +172,7 @@ def _join_records(dataset: str, questions: Sequence[Question], records: Iterable
             raise ValueError(f"dataset {dataset!r}: sample record {q.id!r}: greedy answer must be a string "
                              f"or null, got {greedy['answer']!r}")
         out.append(dict(answer=greedy["answer"], correct=bool(greedy["correct"]), consistency=float(consistency),
-                        modal_correct=rec.get("modal_correct")))
+                        modal_correct=rec.get("modal_correct"), grader=str(greedy.get("grader", "unrecorded"))))
     return out
 
 
@@ -304,6 +305,8 @@ def _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pai
         "splits": {s: sum(q.split == s for q in questions) for s in sorted({q.split for q in questions})},
         "single": {"n": len(questions), "n_correct": int(correct.sum()), "n_wrong": int(len(correct) - correct.sum()),
                    "mean_label_mass": float(np.mean([s["label_mass"] for s in scored])),
+                   # Who graded the answers scored here (data/graders.py): rule:<name> or judge:<model>.
+                   "graded_by": dict(sorted(collections.Counter(it["grader"] for it in items).items())),
                    "metrics": _with_intervals(single_metric_fn, (conf, correct), n_resamples, seed)},
         "single_argmax": {"n": len(questions),
                           "metrics": _with_intervals(single_metric_fn, (argmax_conf, correct), n_resamples, seed)},
