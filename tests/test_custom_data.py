@@ -392,28 +392,60 @@ def test_hub_folder_without_data_files(tmp_path, fake_hub):
 
 
 # -- the command line -----------------------------------------------------------------------------------------
-def test_metacog_sample_reads_a_set_declared_in_a_config_file(tmp_path):
+def test_metacog_sample_and_eval_on_sets_declared_in_a_config_file(tmp_path):
+    """`metacog sample` then `metacog eval` (base) from the CLI on one set in each common layout, declared
+    only in a config file: the MMLU layout (JSONL), A-D columns with a letter (CSV with quoting and an
+    embedded newline), open questions with aliases, numeric answers, and a Parquet folder of shards."""
     from metacog_jax import cli
 
-    data = write_jsonl(tmp_path / "arith.jsonl", [
-        {"question": f"What is {i} plus {i}?", "answer": 2 * i, "split": "test" if i < 2 else "train"}
-        for i in range(6)])
+    files = {
+        "mmlu": write_jsonl(tmp_path / "mmlu.jsonl", MMLU_ROWS[:8]),
+        "sums": write_jsonl(tmp_path / "arith.jsonl", [
+            {"question": f"What is {i} plus {i}?", "answer": 2 * i, "split": "test" if i < 2 else "train"}
+            for i in range(6)]),
+        "trivia": write_jsonl(tmp_path / "trivia.jsonl", [
+            {"question": f"Made-up trivia {i}?", "aliases": [f"answer {i}", f"alias {i}"]} for i in range(4)]),
+    }
+    (tmp_path / "letters.csv").write_text(CSV_TEXT, encoding="utf-8")
+    write_shards(tmp_path / "shards")
     config_file = tmp_path / "my_config.py"
     config_file.write_text(textwrap.dedent(f"""
         import ml_collections
         from configs import common
 
         def get_config(arg=None):
-            c, _ = common.experiment("none", arg, model="tiny", domains=("sums",), ood=())
-            c.data.custom.sums = ml_collections.ConfigDict(dict(
-                path={str(data)!r}, kind="numeric", fields=dict(split="split")))
+            c, _ = common.experiment("none", arg, model="tiny", domains=("sums", "mmlu"),
+                                     ood=("letters", "trivia", "shards"))
+            custom = dict(
+                sums=dict(path={str(files["sums"])!r}, kind="numeric", fields=dict(split="split")),
+                mmlu=dict(path={str(files["mmlu"])!r}, kind="multiple_choice", test_fraction=0.5,
+                          fields=dict(options="choices", answer_type="index", category="subject")),
+                letters=dict(path={str(tmp_path / "letters.csv")!r}, kind="multiple_choice", role="out_of_domain",
+                             fields=dict(options=("A", "B", "C", "D"), answer_type="letter", id="id", split="split")),
+                trivia=dict(path={str(files["trivia"])!r}, kind="open", role="out_of_domain", test_fraction=1.0,
+                            fields=dict(answer="aliases", answer_type="aliases")),
+                shards=dict(path={str(tmp_path / "shards")!r}, kind="multiple_choice", role="out_of_domain",
+                            test_fraction=1.0, fields=dict(options="options", answer_type="option_text", id="qid")),
+            )
+            for name, settings in custom.items():
+                c.data.custom[name] = ml_collections.ConfigDict(settings)
             c.data.n_train, c.data.n_test = 3, 2
             c.sample.k, c.sample.max_new_tokens, c.sample.batch_size = 2, 4, 8
+            c.eval.n_pairs, c.eval.n_resamples, c.eval.batch_size = 2, 20, 4
             return c
     """))
     workdir = tmp_path / "run"
     assert cli.main(["sample", f"--config={config_file}", f"--workdir={workdir}"]) == 0
-    lines = [json.loads(line) for line in (workdir / "samples" / "sums.jsonl").read_text().splitlines()]
-    assert len(lines) == 5 and {r["domain"] for r in lines} == {"sums"}
-    assert sorted(r["split"] for r in lines) == ["test", "test", "train", "train", "train"]
-    assert all(r["id"].startswith("sums/") and len(r["samples"]) == 2 for r in lines)
+    lines = {name: [json.loads(line) for line in (workdir / "samples" / f"{name}.jsonl").read_text().splitlines()]
+             for name in ("sums", "mmlu", "letters", "trivia", "shards")}
+    assert len(lines["sums"]) == 5 and {r["domain"] for r in lines["sums"]} == {"sums"}
+    assert sorted(r["split"] for r in lines["sums"]) == ["test", "test", "train", "train", "train"]
+    assert all(r["id"].startswith("sums/") and len(r["samples"]) == 2 for r in lines["sums"])
+    assert [r["id"] for r in lines["letters"]] == ["letters/q3"]  # the one test row of the CSV
+    assert all(len(lines[n]) == 2 and {r["split"] for r in lines[n]} == {"test"} for n in ("trivia", "shards"))
+    assert {r["split"] for r in lines["mmlu"]} == {"train", "test"}
+    assert cli.main(["eval", f"--config={config_file}", f"--workdir={workdir}"]) == 0
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert set(metrics["datasets"]) == {"sums", "mmlu", "letters", "trivia", "shards"}
+    assert metrics["datasets"]["trivia"]["role"] == "out_of_domain"
+    assert metrics["datasets"]["trivia"]["single"]["graded_by"] == {"rule:containment": 2}

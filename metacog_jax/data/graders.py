@@ -183,6 +183,20 @@ def graded_fields(question: Question, texts: Sequence[str], greedy_text: str | N
     }
 
 
+def grade_lines(grader: Grader, rows: Sequence[tuple[Question, Sequence[str], str | None]],
+                progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`graded_fields` of each (question, K sample texts, greedy text or None), with one
+    ``grade_many`` call for all of them (so a judge sees every answer in one batched run)."""
+    items, spans = [], []
+    for q, texts, greedy_text in rows:
+        spans.append(len(items))
+        items += [(q, t) for t in texts] + ([(q, greedy_text)] if greedy_text is not None else [])
+    graded = grader.grade_many(items, progress=progress)
+    return [graded_fields(q, texts, greedy_text, graded[start:start + len(texts) + (greedy_text is not None)],
+                          grader.settings)
+            for (q, texts, greedy_text), start in zip(rows, spans)]
+
+
 def _texts(record: Mapping[str, Any]) -> tuple[list[str], str | None]:
     greedy = record.get("greedy")
     return [s["text"] for s in record["samples"]], (greedy["text"] if greedy else None)
@@ -222,19 +236,8 @@ def regrade_samples(path: str | os.PathLike[str], questions: Mapping[str, Questi
     if missing:
         raise ValueError(f"{path}: no question record for ids {missing[:5]} (the questions file beside it "
                          "lost them?)")
-    items, spans = [], []
-    for r in records:
-        q = questions[r["id"]]
-        texts, greedy_text = _texts(r)
-        spans.append((len(items), len(texts), greedy_text))
-        items += [(q, t) for t in texts] + ([(q, greedy_text)] if greedy_text is not None else [])
-    graded = grader.grade_many(items, progress=progress)
-    new = []
-    for r, (start, k, greedy_text) in zip(records, spans):
-        q = questions[r["id"]]
-        texts = [s["text"] for s in r["samples"]]
-        end = start + k + (greedy_text is not None)
-        new.append({**r, **graded_fields(q, texts, greedy_text, graded[start:end], grader.settings)})
+    rows = [(questions[r["id"]], *_texts(r)) for r in records]
+    new = [{**r, **fields} for r, fields in zip(records, grade_lines(grader, rows, progress))]
 
     def share(rs, pick):
         vals = [pick(r) for r in rs if pick(r) is not None]
@@ -242,7 +245,7 @@ def regrade_samples(path: str | os.PathLike[str], questions: Mapping[str, Questi
 
     greedy_correct = lambda r: r["greedy"]["correct"] if r.get("greedy") else None
     summary.update(
-        answers=len(items),
+        answers=sum(len(texts) + (greedy is not None) for _, texts, greedy in rows),
         greedy_accuracy_before=share(records, greedy_correct), greedy_accuracy=share(new, greedy_correct),
         modal_accuracy_before=share(records, lambda r: r["modal_correct"]),
         modal_accuracy=share(new, lambda r: r["modal_correct"]),

@@ -122,9 +122,7 @@ def grade_samples(question: Question, texts: Sequence[str], greedy_text: str | N
       ``consistency`` (modal count / K, unparseable samples in the denominator), ``modal_correct``,
       ``greedy``, ``grading`` (see ``graders.graded_fields``).
     """
-    grader = grader or graders.Grader()
-    items = [(question, t) for t in texts] + ([(question, greedy_text)] if greedy_text is not None else [])
-    return graders.graded_fields(question, texts, greedy_text, grader.grade_many(items), grader.settings)
+    return graders.grade_lines(grader or graders.Grader(), [(question, texts, greedy_text)])[0]
 
 
 # -- reading and validating --------------------------------------------------------------------------------
@@ -341,19 +339,10 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                 else:
                     greedy_texts, rows = [None] * len(chunk), gen.completions
                 # One grading call per chunk, so a judge sees the whole chunk's answers in one batch.
-                items, spans = [], []
-                for q, row, greedy_text in zip(chunk, rows, greedy_texts):
-                    texts = [c.text for c in row]
-                    spans.append((len(items), texts, greedy_text))
-                    items += [(q, t) for t in texts] + ([(q, greedy_text)] if greedy_text is not None else [])
-                graded = grader.grade_many(items)
-                lines = []
-                for q, (start, texts, greedy_text) in zip(chunk, spans):
-                    end = start + len(texts) + (greedy_text is not None)
-                    record = {"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind,
-                              **graders.graded_fields(q, texts, greedy_text, graded[start:end], grader.settings),
-                              **settings}
-                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+                graded = graders.grade_lines(grader, [(q, [c.text for c in row], greedy_text)
+                                                      for q, row, greedy_text in zip(chunk, rows, greedy_texts)])
+                lines = [json.dumps({"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind, **fields,
+                                     **settings}, ensure_ascii=False) + "\n" for q, fields in zip(chunk, graded)]
                 # One write per chunk, then fsync: a kill leaves complete lines plus at most one fragment.
                 f.write("".join(lines))
                 f.flush()
