@@ -95,7 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.grading.judge = ""
     c.grading.judge_kinds = ("open",)  # the kinds the judge grades; the rules grade the others
     c.grading.judge_batch_size = 16
-    c.grading.judge_max_new_tokens = 4
+    c.grading.judge_max_new_tokens = 8  # "The answer is not correct." needs about 6
     c.grading.judge_cache = ""  # "" = <data workdir>/grading/judge_cache.jsonl
 
     c.targets = ml_collections.ConfigDict()

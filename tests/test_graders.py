@@ -65,7 +65,8 @@ class FakeJudge:
     ("Yes", True), ("yes.", True), ("No", False), ("No, it names Kazaa.", False),
     ("The response is correct.", True), ("The response is incorrect.", False),
     ("It is not correct.", False), ("Maybe", None), ("", None), ("Yes and no", True),
-    ("correct or wrong", None),
+    ("correct or wrong", None), ('The answer is "Yes".', True), ("The answer is not correct.", False),
+    ("The answer is not", None), ('The answer is not "Yes" but', False), ("The answer is 'Yes'", True),
 ])
 def test_parse_verdict(text, verdict):
     assert judge_lib.parse_verdict(text) is verdict
@@ -98,6 +99,7 @@ def test_judge_batches_caches_and_resumes(tmp_path):
     assert other([(q, "Kazaa")]) == [True] and other.n_asked == 1
     edited = open_q(aliases=("Kazaa",))
     assert judge_lib.cache_key("m", edited, "Kazaa") != judge_lib.cache_key("m", q, "Kazaa")
+    assert judge_lib.cache_key("m", q, "Kazaa", 4) != judge_lib.cache_key("m", q, "Kazaa", 8)  # another budget
 
 
 def test_verdict_cache_drops_a_truncated_line_and_names_a_bad_one(tmp_path):

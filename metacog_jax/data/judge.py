@@ -62,19 +62,21 @@ def judge_prompt(question: Question, response: str) -> list[dict[str, str]]:
 
 
 _YES = re.compile(r"\b(?:yes|correct|right)\b", re.IGNORECASE)
-_NO = re.compile(r"\b(?:no|incorrect|wrong|not\s+correct)\b", re.IGNORECASE)
+_NO = re.compile(r"\b(?:no|incorrect|wrong|not\s+(?:correct|right|yes))\b", re.IGNORECASE)
 
 
 def parse_verdict(text: str) -> bool | None:
     """Yes -> True, No -> False, read from the judge's reply; None when it says neither or both.
 
     The first word decides when it is yes or no ("Yes.", "No, the response ..."); otherwise the first
-    line must hold exactly one of the two kinds of words ("The response is correct." -> True).
+    line, quotes removed, must hold exactly one of the two kinds of words ("The response is correct." ->
+    True, 'The answer is not "Yes"' -> False).
     """
     words = re.findall(r"[a-z]+", text.lower())
     if words and words[0] in ("yes", "no"):
         return words[0] == "yes"
-    line = text.strip().split("\n", 1)[0]
+    line = re.sub(r"[\"'“”‘’]", "", text.strip().split("\n", 1)[0])  # 'The answer is not "Yes"'
+
     # "incorrect" / "not correct" contain the yes-words; take the no-words out before looking for yes.
     no = _NO.search(line) is not None
     yes = _YES.search(_NO.sub(" ", line)) is not None
@@ -83,11 +85,16 @@ def parse_verdict(text: str) -> bool | None:
     return None
 
 
-def cache_key(judge: str, question: Question, response: str) -> str:
-    """The cache key of one verdict: a hash of the judge's name, the question (id, text, gold) and the
-    response, so an edited question or another judge never reuses a verdict."""
-    payload = json.dumps([judge, question.id, question.question, list(question.options), list(question.answers),
-                          response], ensure_ascii=False)
+# Bump when judge_prompt or parse_verdict changes, so cached verdicts of the old wording are not reused.
+PROMPT_VERSION = 2
+
+
+def cache_key(judge: str, question: Question, response: str, max_new_tokens: int = 8) -> str:
+    """The cache key of one verdict: a hash of the judge's name, the prompt version and token budget, the
+    question (id, text, gold) and the response, so an edited question or another judge never reuses a
+    verdict."""
+    payload = json.dumps([judge, PROMPT_VERSION, max_new_tokens, question.id, question.question,
+                          list(question.options), list(question.answers), response], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -150,12 +157,13 @@ class LLMJudge:
       name: the judge's name in the cache and in the records (its model spec).
       sampler: a :class:`~metacog_jax.sampling.Sampler` over the judge model and its tokenizer.
       cache_path: the verdict cache (JSON lines); None keeps verdicts in memory only.
-      max_new_tokens: tokens the judge may write (the verdict is its first word).
+      max_new_tokens: tokens the judge may write (small models often open with "The answer is", so the
+        verdict word may come a few tokens in).
       chunk_size: (question, response) pairs per batch and per cache append.
     """
 
     def __init__(self, name: str, sampler, *, cache_path: str | os.PathLike[str] | None = None,
-                 max_new_tokens: int = 4, chunk_size: int = 64):
+                 max_new_tokens: int = 8, chunk_size: int = 64):
         if not name:
             raise ValueError("a judge needs a name (its model spec)")
         self.name, self.sampler = name, sampler
@@ -169,7 +177,7 @@ class LLMJudge:
 
         from metacog_jax.sampling import SamplingParams
 
-        keys = [cache_key(self.name, q, r) for q, r in items]
+        keys = [cache_key(self.name, q, r, self.max_new_tokens) for q, r in items]
         todo: dict[str, tuple[Question, str]] = {}
         for key, item in zip(keys, items):
             if key not in self.cache and key not in todo:
