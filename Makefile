@@ -5,6 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 ARGS   ?=
+# The tests run in TEST_WORKERS processes (pytest-xdist). 2 fits the 2-core machine the suite is timed on;
+# more is untimed (every worker holds its own jax, torch and models: ~1-3 GB each). TEST_WORKERS=0 runs them
+# in this one process (for pdb or -s). worksteal: a worker that runs out takes half of the other's queue.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: demo demo-quick test test-fast install install-test clean
 
@@ -31,10 +36,10 @@ demo-quick: install
 	$(BIN)/metacog demo --config=configs/demo.py:quick --workdir=runs/demo_quick $(ARGS)
 
 test: install-test
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: install-test
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

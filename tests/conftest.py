@@ -14,6 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("METACOG_COMPILATION_CACHE", "off")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# `make test` runs the suite in 2 worker processes (pytest-xdist, `-n 2 --dist worksteal`; each worker is
+# its own process, so jax, env vars and module state are per worker). There the modules with the longest
+# tests (one to several minutes each on a 2-core machine) go first, so that no long test starts near the
+# end while the other worker has nothing left to take. Heaviest first, from `pytest --durations=0`; a module
+# keeps its own order (its fixtures are built once per worker). A plain `pytest` keeps the file order.
+LONGEST_FIRST = ("test_sampling.py", "test_tuning.py", "test_train.py", "test_notebook.py", "test_gap.py",
+                 "test_models.py", "test_gguf.py", "test_cli.py", "test_conditions.py", "test_scoring.py",
+                 "test_export.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 def _no_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
