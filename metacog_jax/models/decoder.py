@@ -1,4 +1,5 @@
-"""Decoder-only transformer in Flax NNX, in the Hugging Face layout (Llama, Mistral, Qwen2 families).
+"""Decoder-only transformer in Flax NNX, in the Hugging Face layout (Llama, Mistral, Qwen2, Qwen3 and
+Gemma 3 families; their differences are switches on ModelConfig).
 
 Module and parameter names mirror transformers' (`layers.3.self_attn.q_proj`), kernels are stored
 [in, out] (transposed once at import), and rotary embeddings use the split-halves convention
@@ -91,22 +92,29 @@ def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes: tuple, *, bias: bool,
 
 
 class RMSNorm(nnx.Module):
-    """Root-mean-square norm computed in float32, scaled by a learned weight (init 1)."""
+    """Root-mean-square norm computed in float32, scaled by (offset + a learned weight): offset 0 with the
+    weight initialised to 1 (Llama, Qwen), offset 1 with the weight initialised to 0 (Gemma)."""
 
-    def __init__(self, dim: int, eps: float, *, dtype, param_dtype):
+    def __init__(self, dim: int, eps: float, *, dtype, param_dtype, offset: float = 0.0):
         self.eps = eps
         self.dtype = dtype
-        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), **{LOGICAL_AXES: (None,)})
+        self.offset = float(offset)
+        init = jnp.zeros if self.offset else jnp.ones
+        self.weight = nnx.Param(init((dim,), param_dtype), **{LOGICAL_AXES: (None,)})
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (self.weight[...].astype(jnp.float32) * x32).astype(self.dtype)
+        scale = self.weight[...].astype(jnp.float32)
+        if self.offset:
+            scale = scale + self.offset
+        return (scale * x32).astype(self.dtype)
 
 
-def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """sin, cos of shape [B, T, H//2] (float32) for integer positions [B, T]."""
-    inv_freq = jnp.asarray(np.asarray(rope_inverse_frequencies(cfg), np.float32))
+def rope_tables(cfg: ModelConfig, positions: jax.Array, local: bool = False) -> tuple[jax.Array, jax.Array]:
+    """sin, cos of shape [B, T, H//2] (float32) for integer positions [B, T]; local: those of the
+    sliding-window layers (see rope_inverse_frequencies)."""
+    inv_freq = jnp.asarray(np.asarray(rope_inverse_frequencies(cfg, local), np.float32))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.sin(angles), jnp.cos(angles)
 
@@ -171,7 +179,13 @@ class Attention(nnx.Module):
         self.k_proj = _linear(cfg, d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
         self.v_proj = _linear(cfg, d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
         self.o_proj = _linear(cfg, n * h, d, ("heads", "embed"), bias=False, **kw)
+        if cfg.qk_norm:  # Qwen3, Gemma 3: RMSNorm over each query and key head, before RoPE
+            norm = dict(offset=cfg.norm_offset, dtype=dtype, param_dtype=param_dtype)
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, **norm)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, **norm)
+        self.qk_norm = cfg.qk_norm
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+        self.scale = cfg.attention_scale
 
     def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0):
         """x [B*T, D] (flattened tokens); sin, cos [B, T, H//2]; bias [B, T, S] float32 (0 where a query
@@ -179,8 +193,8 @@ class Attention(nnx.Module):
         the bias masks every key after its query (no cache), so key blocks above the diagonal can be skipped;
         window: with causal, the bias also masks every key `window` or more slots before its query (0: no
         such promise), so key blocks entirely before that are skipped too; prefix: (keys, values
-        [B/n, K, P, H], bias [B/n, P]) of a prefix shared by groups of n rows, attended to besides kv (see
-        KVCache.share_prefix).
+        [B/n, K, P, H], bias [B/n, P], and None or a per-query bias [T, P] — a sliding window reaching into
+        the prefix) of a prefix shared by groups of n rows, attended to besides kv (see KVCache.share_prefix).
 
         Returns the output [B*T, D] and the updated (keys, values) (None without a cache).
 
@@ -191,8 +205,11 @@ class Attention(nnx.Module):
         """
         b, t = sin.shape[:2]
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
-        q = apply_rope(self.q_proj(x).reshape(b, t, n, h), sin, cos)
-        key = apply_rope(self.k_proj(x).reshape(b, t, k, h), sin, cos).transpose(0, 2, 1, 3)
+        q, key = self.q_proj(x).reshape(b, t, n, h), self.k_proj(x).reshape(b, t, k, h)
+        if self.qk_norm:
+            q, key = self.q_norm(q), self.k_norm(key)
+        q = apply_rope(q, sin, cos)
+        key = apply_rope(key, sin, cos).transpose(0, 2, 1, 3)
         val = self.v_proj(x).reshape(b, t, k, h).transpose(0, 2, 1, 3)
         new_kv = None
         if kv is not None:
@@ -200,7 +217,7 @@ class Attention(nnx.Module):
             vals = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, 0, index, 0))
             new_kv = (keys, vals)
             key, val = keys.astype(x.dtype), vals.astype(x.dtype)
-        q = (q * h ** -0.5).reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+        q = (q * self.scale).reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
         c = CAUSAL_BLOCK
         if prefix is not None:
             out = _attend_with_prefix(q, key, val, bias, *prefix)
@@ -222,12 +239,13 @@ def window_start(i: int, window: int, block: int) -> int:
     return max(0, (i - window + 1) // block * block)
 
 
-def _attend_with_prefix(q, key, val, bias, p_key, p_val, p_bias):
+def _attend_with_prefix(q, key, val, bias, p_key, p_val, p_bias, p_query_bias=None):
     """_attend over a row's own keys plus the keys of a prefix shared by groups of n = B / B_p rows.
 
     q [B, K, G, T, H]; own keys/values [B, K, S, H] with bias [B, T, S]; prefix keys/values [B_p, K, P, H]
-    with bias [B_p, P] (the same for every query: the prefix precedes them all). One softmax over both;
-    the prefix is read once per group, the group's n*G*T queries being the rows of one matmul.
+    with bias [B_p, P] (the same for every query: the prefix precedes them all), plus, when given, a bias
+    [T, P] that depends on the query (a sliding window). One softmax over both; the prefix is read once
+    per group, the group's n*G*T queries being the rows of one matmul.
     """
     b, k, g, t, h = q.shape
     bp = p_key.shape[0]
@@ -246,6 +264,8 @@ def _attend_with_prefix(q, key, val, bias, p_key, p_val, p_bias):
     own = jnp.einsum("bkgth,bksh->bkgts", q, key, preferred_element_type=jnp.float32) + bias[:, None, None]
     pre = jnp.einsum("bkqh,bksh->bkqs", grouped(q), p_key, preferred_element_type=jnp.float32)
     pre = pre + p_bias[:, None, None, :]
+    if p_query_bias is not None:  # grouped rows run over (n, G, T): the [T, P] bias repeats n*G times
+        pre = pre + jnp.tile(p_query_bias, (n * g, 1))[None, None]
     peak = jnp.maximum(jnp.max(own, axis=-1), ungrouped(jnp.max(pre, axis=-1)))  # [B, K, G, T]
     peak = jax.lax.stop_gradient(peak)
     w_own = jnp.exp(own - peak[..., None])
@@ -268,6 +288,10 @@ def _attend(q, key, val, bias):
     return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(q.dtype)
 
 
+# SwiGLU (Llama, Qwen, Mistral) or GeGLU with the tanh approximation of GELU (Gemma).
+_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
@@ -276,20 +300,33 @@ class MLP(nnx.Module):
         self.up_proj = _linear(cfg, d, f, ("embed", "mlp"), **kw)
         self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), **kw)
 
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nnx.Module):
+    """Pre-norm block. Llama/Qwen/Mistral: x + attn(norm(x)), then + mlp(post_attention_layernorm(x)).
+    Gemma (sandwich_norms): post_attention_layernorm normalises the attention's output, and the MLP sits
+    between pre_feedforward_layernorm and post_feedforward_layernorm."""
+
     def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, offset=cfg.norm_offset)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.self_attn = Attention(cfg, rngs=rngs, **kw)
+        self.self_attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.mlp = MLP(cfg, rngs=rngs, **kw)
+        self.sandwich = cfg.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0):
         attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal, prefix, window)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(attn)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_kv
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
@@ -307,10 +344,37 @@ class Decoder(nnx.Module):
             embedding_metadata={LOGICAL_AXES: ("vocab", "embed")}, rngs=rngs)
         self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype,
+                            offset=cfg.norm_offset)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
                                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def _sliding_inputs(self, positions, mask, cache, tree: bool, full):
+        """(sin, cos, bias, prefix biases, block-skipping window) of the sliding-window layers: the full
+        layers' mask narrowed to the window (see __call__), their own RoPE when the config has one."""
+        cfg = self.config
+        w = cfg.sliding_window
+        sin, cos = rope_tables(cfg, positions, local=True) if cfg.local_rope_theta else full[:2]
+        t = positions.shape[1]
+        prefix = full[3]
+        if cache is not None:
+            q_slots = cache.index + jnp.arange(t)
+            near = (q_slots[:, None] - jnp.arange(mask.shape[-1])[None, :] < w)[None]
+            if prefix is not None:  # the prefix's P slots come before the cache's own
+                p = cache.prefix_keys[0].shape[2]
+                reach = (p + q_slots)[:, None] - jnp.arange(p)[None, :] < w
+                prefix = (prefix[0], jnp.where(reach, 0.0, MASKED).astype(jnp.float32))
+        elif tree:
+            near = positions[:, :, None] - positions[:, None, :] < w
+        else:
+            slots = jnp.arange(t)
+            near = (slots[:, None] - slots[None, :] < w)[None]
+        bias = jnp.where(mask & near, 0.0, MASKED).astype(jnp.float32)
+        window = full[4]
+        if cache is None and not tree:  # slots: the causal blocks may skip the keys before the window
+            window = min(window, w) if window else w
+        return sin, cos, bias, prefix, window
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final-norm'd hidden states [..., D] -> float32 logits [..., V]."""
@@ -340,6 +404,11 @@ class Decoder(nnx.Module):
         own (0: no limit). For rows packed with examples no longer than the window this changes nothing —
         each token already sees only its own example — and attention skips the key blocks before the window.
 
+        Sliding-window layers (config.layer_types) attend only to the config.sliding_window slots ending at
+        the query's own, as transformers counts them: slots of the row (or of the cache), and, with an
+        attention_mask (a tree of continuations laid side by side), positions, which count the slots of the
+        sequence each branch stands for. The cache keeps every slot; the window is a mask.
+
         Returns (logits [B, T, V] float32 — or final hidden states [B, T, D] if return_hidden — , cache).
         """
         b, t = tokens.shape
@@ -347,8 +416,11 @@ class Decoder(nnx.Module):
             segment_ids = jnp.ones((b, t), jnp.int32)
         # Tokens flattened to [B*T, D] between layers: every projection is then a plain 2-D matmul, whose
         # weight gradient XLA:CPU computes without the strided transposes a [B, T, D] operand costs.
+        cfg = self.config
         x = self.embed_tokens(tokens).reshape(b * t, -1)
-        sin, cos = rope_tables(self.config, positions)
+        if cfg.scale_embeddings:  # Gemma: sqrt(D), rounded to the parameters' dtype as transformers does
+            x = x * jnp.asarray(cfg.hidden_size ** 0.5, self.embed_tokens.param_dtype).astype(x.dtype)
+        sin, cos = rope_tables(cfg, positions)
         if attention_mask is not None:
             if cache is not None:
                 raise ValueError("attention_mask cannot be combined with a KV cache")
@@ -369,15 +441,22 @@ class Decoder(nnx.Module):
         if window:
             slots = jnp.arange(t)
             mask = mask & ((slots[:, None] - slots[None, :]) < window)[None]
-        bias = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)  # once, shared by every layer
+        bias = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)  # once, shared by every (full) layer
+        prefix = None
+        if cache is not None and cache.prefix_keys is not None:
+            prefix = (cache.prefix_bias, None)
+        full = (sin, cos, bias, prefix, window if causal else 0)
+        local = full
+        if cfg.has_sliding_layers:
+            local = self._sliding_inputs(positions, mask, cache, attention_mask is not None, full)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            prefix = None
-            if cache is not None and cache.prefix_keys is not None:
-                prefix = (cache.prefix_keys[i], cache.prefix_values[i], cache.prefix_bias)
-            x, new_kv = layer(x, sin, cos, bias, kv, None if cache is None else cache.index, causal, prefix,
-                              window if causal else 0)
+            sin_i, cos_i, bias_i, prefix_i, window_i = local if cfg.is_sliding(i) else full
+            if prefix_i is not None:
+                prefix_i = (cache.prefix_keys[i], cache.prefix_values[i], *prefix_i)
+            x, new_kv = layer(x, sin_i, cos_i, bias_i, kv, None if cache is None else cache.index, causal,
+                              prefix_i, window_i)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])

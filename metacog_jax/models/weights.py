@@ -46,6 +46,18 @@ _LAYER_TABLE = [
     (("input_layernorm", "weight"), "input_layernorm.weight", "attn_norm.weight", "id"),
     (("post_attention_layernorm", "weight"), "post_attention_layernorm.weight", "ffn_norm.weight", "id"),
 ]
+# Qwen3 and Gemma 3: a norm on each query and key head.
+_QK_NORM_TABLE = [
+    (("self_attn", "q_norm", "weight"), "self_attn.q_norm.weight", "attn_q_norm.weight", "id"),
+    (("self_attn", "k_norm", "weight"), "self_attn.k_norm.weight", "attn_k_norm.weight", "id"),
+]
+# Gemma's four norms per layer: llama.cpp names the one after attention post_attention_norm, and the one
+# before the MLP (post_attention_layernorm's place in Llama) ffn_norm.
+_SANDWICH_GGUF = {"post_attention_layernorm": "post_attention_norm.weight"}
+_SANDWICH_TABLE = [
+    (("pre_feedforward_layernorm", "weight"), "pre_feedforward_layernorm.weight", "ffn_norm.weight", "id"),
+    (("post_feedforward_layernorm", "weight"), "post_feedforward_layernorm.weight", "post_ffw_norm.weight", "id"),
+]
 _GLOBAL_TABLE = [
     (("embed_tokens", "embedding"), "model.embed_tokens.weight", "token_embd.weight", "id"),
     (("norm", "weight"), "model.norm.weight", "output_norm.weight", "id"),
@@ -60,8 +72,14 @@ def name_table(cfg: ModelConfig) -> list[tuple[Path_, str, str, str]]:
         if path[0] == "lm_head" and cfg.tie_word_embeddings:
             continue
         rows.append((path, hf, gg, tr))
+    layer_table = list(_LAYER_TABLE)
+    if cfg.qk_norm:
+        layer_table += _QK_NORM_TABLE
+    if cfg.sandwich_norms:
+        layer_table = [(p, hf, _SANDWICH_GGUF.get(p[0], gg), tr) for p, hf, gg, tr in layer_table]
+        layer_table += _SANDWICH_TABLE
     for i in range(cfg.num_layers):
-        for path, hf, gg, tr in _LAYER_TABLE:
+        for path, hf, gg, tr in layer_table:
             if path[-1] == "bias" and not cfg.qkv_bias:
                 continue
             rows.append((("layers", i) + path, f"model.layers.{i}.{hf}", f"blk.{i}.{gg}", tr))
@@ -145,13 +163,35 @@ class _SafetensorsReader:
             raise WeightLoadError(f"{f}: cannot read tensor {name!r} ({e})") from None
 
 
+# Where a checkpoint keeps the decoder: "model." in causal-LM checkpoints; in Gemma 3's multimodal ones
+# (4B/12B/27B) the language model's weights sit beside the vision tower's, as saved by transformers 4
+# ("language_model.model.", head "language_model.lm_head.") or 5 ("model.language_model.", head "lm_head.").
+_DECODER_PREFIXES = (("model.", ""), ("language_model.model.", "language_model."),
+                     ("model.language_model.", ""))
+
+
+def _decoder_prefix(names, source: str) -> tuple[str, str]:
+    """(prefix of the decoder's tensors, prefix of lm_head) in a checkpoint with these tensor names."""
+    for prefix, head in _DECODER_PREFIXES:
+        if f"{prefix}embed_tokens.weight" in names:
+            return prefix, head
+    raise WeightLoadError(f"{source}: no token embedding found (looked for "
+                          f"{', '.join(p + 'embed_tokens.weight' for p, _ in _DECODER_PREFIXES)})")
+
+
 def load_safetensors(model: nnx.Module, model_dir: str | Path, cfg: ModelConfig,
                      shardings: Mapping[Path_, jax.sharding.Sharding] | None = None) -> nnx.Module:
-    """Fill `model` from a Hugging Face directory's safetensors (single file or sharded with index)."""
+    """Fill `model` from a Hugging Face directory's safetensors (single file or sharded with index); the
+    text decoder only, for multimodal checkpoints."""
     model_dir = Path(model_dir)
     reader = _SafetensorsReader(safetensors_files(model_dir))
+    prefix, head = _decoder_prefix(reader.where, str(model_dir))
 
     def fetch(path, hf, gg, tr):
+        if hf.startswith("model."):
+            hf = prefix + hf[len("model."):]
+        elif hf.startswith("lm_head."):
+            hf = head + hf
         return _to_numpy(reader.get(hf))
 
     return _fill_state(model, fetch, cfg, str(model_dir), shardings)
@@ -203,6 +243,8 @@ def load_gguf(model: nnx.Module, reader, cfg: ModelConfig, source: str,
         x = x.reshape(tuple(int(d) for d in reversed(t.shape)))  # ggml dims are innermost first
         if cfg.model_type == "llama" and gg.endswith(("attn_q.weight", "attn_k.weight")):
             x = _unpermute_rope(x, cfg.num_heads if "attn_q" in gg else cfg.num_kv_heads)
+        if cfg.norm_offset and gg.endswith("norm.weight"):
+            x = x - cfg.norm_offset  # llama.cpp stores Gemma's norms as 1 + weight
         if memo is not None:
             memo[gg] = x
         return x
@@ -216,8 +258,10 @@ def gguf_has_output_head(reader) -> bool:
 
 # -- export ---------------------------------------------------------------------------------------------
 def hf_config_dict(cfg: ModelConfig) -> dict:
-    """A transformers `config.json` dict for the model (LlamaForCausalLM or Qwen2ForCausalLM)."""
-    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+    """A transformers `config.json` dict for the model (a text-only causal LM of its family; Gemma 3 is
+    written as Gemma3ForCausalLM, model_type gemma3_text, whatever checkpoint it came from)."""
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
     rope = {"rope_type": cfg.rope_scaling.rope_type, "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling.rope_type != "default":
         s = cfg.rope_scaling
@@ -226,23 +270,41 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
             rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
                         original_max_position_embeddings=s.original_max_position_embeddings)
     d = {
-        "architectures": [arch[cfg.model_type]], "model_type": cfg.model_type,
+        "architectures": [arch[cfg.model_type]],
+        "model_type": "gemma3_text" if cfg.model_type == "gemma3" else cfg.model_type,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
         "head_dim": cfg.head_dim, "rms_norm_eps": cfg.rms_norm_eps, "rope_parameters": rope,
         "rope_theta": cfg.rope_theta, "tie_word_embeddings": cfg.tie_word_embeddings,
-        "max_position_embeddings": cfg.max_position_embeddings, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings, "hidden_act": cfg.hidden_act,
         "bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
         "eos_token_id": (list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1
                          else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)),
         "torch_dtype": "float32",
     }
-    if cfg.model_type == "qwen2":
-        d.update(use_sliding_window=False, sliding_window=None)
+    window = cfg.sliding_window or None
+    types = list(cfg.layer_types) or ["full_attention"] * cfg.num_layers
+    if cfg.model_type in ("qwen2", "qwen3"):
+        d.update(use_sliding_window=window is not None, sliding_window=window, layer_types=types,
+                 max_window_layers=cfg.num_layers)
+    if cfg.model_type == "qwen3":
+        d.update(attention_bias=False)
     if cfg.model_type == "mistral":
-        d.update(sliding_window=None)
+        d.update(sliding_window=window)
+    if cfg.model_type == "gemma3":
+        rope["rope_theta"] = cfg.rope_theta
+        d.update(hidden_activation=cfg.hidden_act, sliding_window=window, layer_types=types,
+                 query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.head_dim),
+                 final_logit_softcapping=None, attn_logit_softcapping=None,
+                 rope_parameters={"full_attention": rope, "sliding_attention": {
+                     "rope_type": "default", "rope_theta": cfg.local_rope_theta or cfg.rope_theta}})
+        d.pop("rope_theta")
     return d
+
+
+def _int_if_whole(x: float):
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def export_safetensors(model: nnx.Module, out_dir: str | Path, cfg: ModelConfig, tokenizer=None) -> Path:
