@@ -27,6 +27,18 @@ MODEL_PRESETS = {
     "qwen2.5_7b": ("Qwen/Qwen2.5-7B-Instruct", (1, -1, 4), "v4-16 / 4+ GPUs (fsdp x tensor)"),
     "llama3.1_8b": ("meta-llama/Llama-3.1-8B-Instruct", (1, -1, 4), "v4-16 / 4+ GPUs; gated on the hub"),
     "llama3.1_70b": ("meta-llama/Llama-3.1-70B-Instruct", (1, -1, 8), "v4-128 or larger; gated on the hub"),
+    # Qwen3 checkpoints are instruct models with an optional reasoning mode; prompts turn it off.
+    "qwen3_0.6b": ("Qwen/Qwen3-0.6B", (1, -1, 1), "1 host"),
+    "qwen3_1.7b": ("Qwen/Qwen3-1.7B", (1, -1, 1), "1 GPU or v4-8"),
+    "qwen3_4b": ("Qwen/Qwen3-4B", (1, -1, 1), "1 GPU (40 GB+) or v4-8"),
+    "qwen3_8b": ("Qwen/Qwen3-8B", (1, -1, 4), "v4-16 / 4+ GPUs (fsdp x tensor)"),
+    "qwen3_14b": ("Qwen/Qwen3-14B", (1, -1, 4), "v4-32 / 8 GPUs"),
+    "qwen3_32b": ("Qwen/Qwen3-32B", (1, -1, 8), "v4-64 or larger"),
+    # Gemma 3 4B-27B checkpoints are multimodal: the text decoder is loaded, the vision tower skipped.
+    "gemma3_1b": ("google/gemma-3-1b-it", (1, -1, 1), "1 host; gated on the hub"),
+    "gemma3_4b": ("google/gemma-3-4b-it", (1, -1, 1), "1 GPU (40 GB+) or v4-8; gated on the hub"),
+    "gemma3_12b": ("google/gemma-3-12b-it", (1, -1, 4), "v4-16 / 4+ GPUs; gated on the hub"),
+    "gemma3_27b": ("google/gemma-3-27b-it", (1, -1, 8), "v4-64 or larger; gated on the hub"),
     "tiny": ("random", (1, -1, 1), "2-layer random model for tests"),
 }
 

@@ -190,3 +190,71 @@ def test_checkpoint_without_a_text_decoder_names_what_it_looked_for(tmp_path):
     save_file({"vision_tower.patch.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightLoadError, match="embed_tokens.weight"):
         load_model(str(tmp_path), with_tokenizer=False)
+
+
+# Minimal chat templates in the two families' styles (not the published ones, which are long): Qwen3 opens
+# the answer with an empty think block when thinking is off; Gemma has no system role (it prefixes the
+# first user turn) and calls the assistant "model".
+QWEN3_STYLE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+GEMMA3_STYLE = (
+    "{{ bos_token }}{% set first = '' %}{% if messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] + '\n\n' %}{% set messages = messages[1:] %}{% endif %}"
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ (first if loop.first else '') + m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_chat_templates_answer_without_thinking_and_mark_the_completion(smol_tokenizer):
+    """Prompts are rendered with thinking off (Qwen3: an empty think block before the answer), and the text
+    after an assistant turn is found for both families' templates, so completions can be marked."""
+    import copy
+
+    from metacog_jax.data.prompts import end_of_turn, prompt_text
+
+    qwen = copy.deepcopy(smol_tokenizer)
+    qwen.chat_template = QWEN3_STYLE
+    text = prompt_text(qwen, "2+2?", system="Be brief.")
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert end_of_turn(qwen) == "<|im_end|>\n"
+
+    gemma = copy.deepcopy(smol_tokenizer)
+    gemma.chat_template = GEMMA3_STYLE
+    text = prompt_text(gemma, "2+2?", system="Be brief.")
+    assert "<start_of_turn>user\nBe brief.\n\n2+2?<end_of_turn>\n<start_of_turn>model\n" in text
+    assert end_of_turn(gemma) == "<end_of_turn>\n"
+
+
+# Published totals (billions; Gemma 3: the text decoder, without the 0.4B vision tower of 4B-27B).
+PUBLISHED_B = {"qwen3_0.6b": 0.596, "qwen3_1.7b": 1.72, "qwen3_4b": 4.02, "qwen3_8b": 8.19, "qwen3_14b": 14.8,
+               "qwen3_32b": 32.8, "gemma3_1b": 1.0, "gemma3_4b": 3.88, "gemma3_12b": 11.77, "gemma3_27b": 27.0}
+
+
+def test_new_presets_have_their_published_sizes_and_meshes():
+    from metacog_jax.experiment_config import MODEL_PRESETS
+    from metacog_jax.models.architectures import ARCHITECTURES
+
+    for name, size in PUBLISHED_B.items():
+        assert name in MODEL_PRESETS, name
+        arch = ARCHITECTURES[name]
+        assert arch.num_params() / 1e9 == pytest.approx(size, rel=0.01), name
+        tensor = MODEL_PRESETS[name][1][2]
+        assert arch.num_kv_heads % tensor == 0, f"{name}: tensor axis {tensor} does not divide the kv heads"
+
+
+def test_sparse_multimodal_config_reads_as_the_preset():
+    """The hub's gemma-3-4b-it config.json names only what differs from transformers' defaults; read with
+    those defaults it is the gemma3_4b preset's architecture."""
+    from metacog_jax.models.architectures import ARCHITECTURES
+
+    hub = {"architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999,
+           "eoi_token_index": 256000, "eos_token_id": [1, 106], "image_token_index": 262144,
+           "mm_tokens_per_image": 256, "model_type": "gemma3",
+           "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                           "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                           "sliding_window": 1024},
+           "vision_config": {"model_type": "siglip_vision_model"}}
+    assert config_lib.from_hf_config(hub) == ARCHITECTURES["gemma3_4b"]

@@ -112,18 +112,27 @@ def answer_text(q: Question, normalized: str) -> str:
 
 
 # -- chat template plumbing -----------------------------------------------------------------------------
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The tokenizer's chat template applied to `messages`, as text. Every template is rendered with
+    `enable_thinking=False`: Qwen3's then opens the answer with an empty <think></think> block, in the
+    generation prompt and in a rendered assistant turn alike, so the model answers at once (no reasoning
+    trace before the answer it is graded on); templates without the switch ignore it."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         enable_thinking=False)
+
+
 def prompt_text(tokenizer, user: str, system: str | None = None) -> str:
     """The chat-formatted prompt up to and including the assistant header."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 def end_of_turn(tokenizer) -> str:
     """The text the template writes after an assistant message (e.g. "<|im_end|>\\n")."""
     probe = "XQZ assistant probe"
     messages = [{"role": "user", "content": "hi"}]
-    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": probe}], tokenize=False)
+    head = render_chat(tokenizer, messages, add_generation_prompt=True)
+    full = render_chat(tokenizer, messages + [{"role": "assistant", "content": probe}])
     if not full.startswith(head) or probe not in full[len(head):]:
         raise TemplateError(
             "the tokenizer's chat template does not render the assistant turn after the generation prompt, so "
