@@ -132,8 +132,8 @@ def test_gguf_import_matches_the_checkpoint_and_transformers(case, tmp_path):
     assert _max_diff(mine, _torch_logits(hf, ids, mask, pos), mask) <= 1e-4, case
     if arch == "gemma3":  # the whole load, tokenizer included (SentencePiece vocabulary)
         tok = load_model(str(path)).tokenizer
-        ids = tok.encode("naïve")  # no such pieces: byte fallback
-        assert ids[0] == 2 and tok.decode(ids[1:]) == "naïve" and "<0xC3>" in tok.convert_ids_to_tokens(ids)
+        enc = tok.encode("naïve")  # no such pieces: byte fallback
+        assert enc[0] == 2 and tok.decode(enc[1:]) == "naïve" and "<0xC3>" in tok.convert_ids_to_tokens(enc)
     if hf_reads_it:
         ref = transformers.AutoModelForCausalLM.from_pretrained(
             str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
