@@ -11,7 +11,7 @@ ARGS   ?=
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
-.PHONY: demo demo-quick test test-fast install install-test clean
+.PHONY: demo demo-quick test test-fast test-tpu install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,tpu]'
 	bash tests/browser_setup.sh
 	touch $@
 
@@ -37,6 +37,10 @@ demo-quick: install
 
 test: install-test
 	$(PYTEST) $(ARGS)
+
+# The ahead-of-time TPU compile tests (tests/test_plan.py), skipped by `make test` while they take minutes.
+test-tpu: install-test
+	METACOG_TPU_COMPILE_TESTS=1 $(PYTEST) tests/test_plan.py $(ARGS)
 
 test-fast: install-test
 	$(PYTEST) -m "not slow" $(ARGS)

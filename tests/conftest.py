@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The CLI turns on jax's persistent compilation cache (~/.cache/metacog_jax/xla by default); tests leave the
 # user's cache alone (subprocesses inherit this). test_runtime checks the cache switch itself.
 os.environ.setdefault("METACOG_COMPILATION_CACHE", "off")
+# The tests run on the CPU (fake multi-device meshes). With the `tpu` extra installed (make test installs it for
+# tests/test_plan.py) jax would otherwise try to start the TPU runtime in every test process and subprocess.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # `make test` runs the suite in 2 worker processes (pytest-xdist, `-n 2 --dist worksteal`; each worker is

@@ -261,18 +261,31 @@ def setup_training(config: ml_collections.ConfigDict, mesh, label_token_ids=None
     if t.lora.rank == 0:
         sharding_lib.assert_sufficiently_sharded(nnx.state(loaded.model), mesh)
     tx, schedule = make_optimizer(t)
+    step_fn, (tr_sh, opt_sh, _, _, _, _) = jit_train_step(graphdef, config, tx, mesh, trainable, frozen, other,
+                                                          label_token_ids, label_values, attention_window)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
+    return TrainSetup(loaded, lora_paths, graphdef, trainable, frozen, other, opt_state, tx, schedule,
+                      tr_sh, opt_sh, step_fn)
+
+
+def jit_train_step(graphdef, config, tx, mesh, trainable, frozen, other, label_token_ids=None, label_values=None,
+                   attention_window: int = 0):
+    """make_train_step jitted as a run steps with it: in/out shardings from the states' logical axes and
+    the config's rules, the trainable and optimizer states donated.
+
+    The states may be abstract (nnx States of ShapeDtypeStructs): `metacog plan` lowers the same function
+    for a TPU topology. Returns (step_fn, in_shardings), in_shardings being (trainable, optimizer state,
+    frozen, other, batch dict, step)."""
     rules = rules_from_config(config)
     tr_sh = sharding_lib.state_shardings(trainable, mesh, rules)
     fr_sh = sharding_lib.state_shardings(frozen, mesh, rules)
     ot_sh = sharding_lib.state_shardings(other, mesh, rules)
     # Moments are nnx Variables carrying the parameters' logical axes, so they shard like them.
     opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
+    in_shardings = (tr_sh, opt_sh, fr_sh, ot_sh, _batch_shardings(mesh), None)
     step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values, attention_window),
-                      in_shardings=(tr_sh, opt_sh, fr_sh, ot_sh, _batch_shardings(mesh), None),
-                      out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
-    return TrainSetup(loaded, lora_paths, graphdef, trainable, frozen, other, opt_state, tx, schedule,
-                      tr_sh, opt_sh, step_fn)
+                      in_shardings=in_shardings, out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
+    return step_fn, in_shardings
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, batches: BatchSource, *,

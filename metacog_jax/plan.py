@@ -1,0 +1,764 @@
+"""Ahead-of-time compilation for a TPU topology: does each step fit, and what does it cost, per chip.
+
+With libtpu installed (the optional `tpu` extra: ``pip install -e '.[tpu]'``),
+``jax.experimental.topologies.get_topology_desc`` gives the devices of a named TPU slice ("v5e:4x4") on
+any machine, a CPU included, and ``jax.jit(...).lower(...).compile()`` compiles for them without running
+anything. :func:`plan` does that for the steps a run takes, with abstract weights (``nnx.eval_shape``:
+nothing allocated) of the config's model preset (``models/architectures.py``: no hub, no config.json),
+sharded over the config's mesh with its logical-axis rules (``metacog_jax.sharding``):
+
+* ``train``: the trainer's own jitted step (``trainer.jit_train_step``: optimizer from the config, LoRA or
+  full, the same shardings and donation as a run);
+* ``prefill`` / ``decode``: the two halves of the sampler's compiled generation
+  (``sampling._generate``): the prompt pass that fills the KV cache and shares it between the K samples,
+  and one sampled token for every row against that cache (the body of its decode loop);
+* ``score``: the evaluation's one-pass confidence scorer (``evaluation.scoring._label_logprobs``);
+* ``generate`` (on request): ``sampling._generate`` itself, prefill and the whole decode loop.
+
+For each it reports, per chip, from ``compiled.memory_analysis()``: parameter, optimizer-state, other
+argument (batch, KV cache), temporary and output bytes and their total against the chip's HBM; from
+``compiled.cost_analysis()``: FLOPs and HBM bytes accessed per step; from the compiled HLO: the bytes its
+collectives move; and a roofline estimate
+
+    step time  = max(FLOPs / peak FLOP/s,  bytes accessed / HBM bandwidth,  collective bytes / ICI bandwidth)
+    MFU        = model FLOPs / (chips x peak FLOP/s x step time)
+
+with model FLOPs 6 N tokens (full fine-tuning), 4 N tokens + 6 N_LoRA tokens (LoRA), 2 N tokens (forward
+passes), N the parameter count. These are estimates from the compiler's own counts and published peak
+figures (:data:`TPU_CHIPS`), not measurements. A step that does not fit says by how much and which knob
+would help. Nothing here chooses a remat policy, layer scan or loss chunking: it compiles whatever the
+config selects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+GiB = 1024 ** 3
+STEPS = ("train", "prefill", "decode", "score", "generate")
+DEFAULT_STEPS = ("train", "prefill", "decode", "score")
+INSTALL_HINT = ("libtpu is not installed: `metacog plan` needs the optional `tpu` extra, "
+                "`pip install -e '.[tpu]'` (or `pip install -c constraints.txt \"jax[tpu]==0.10.2\"`; "
+                "`make test` installs it)")
+
+
+class MissingTpuExtra(RuntimeError):
+    """libtpu (the `tpu` extra) is not installed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuChip:
+    """Published per-chip figures: bf16 peak FLOP/s, HBM capacity (bytes) and bandwidth (bytes/s),
+    bidirectional inter-chip interconnect (ICI) bandwidth (bytes/s)."""
+
+    name: str
+    peak_flops: float
+    hbm_bytes: float
+    hbm_bandwidth: float
+    ici_bandwidth: float
+
+
+# Sources (Cloud TPU system-architecture pages, docs.cloud.google.com/tpu/docs/<version>, read 2026):
+#   v4:  275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s; ICI is not on the page: 6 links x 45 GB/s each way
+#        (jax-ml "How to Scale Your Model", TPU chapter) = 540 GB/s bidirectional.
+#   v5e: 197 TFLOP/s bf16, 16 GiB HBM at 819 GB/s, 400 GB/s bidirectional ICI per chip.
+#   v5p: 459 TFLOP/s bf16, 95 GiB HBM at 2,765 GB/s, 1,200 GB/s bidirectional ICI per chip.
+#   v6e: 918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s (1,640 elsewhere), 800 GB/s bidirectional ICI per chip.
+# HBM capacity is the published one; the runtime keeps a little for itself (XLA reports 15.75 GiB usable on
+# a v5e), so a step within a few percent of the capacity may still not fit.
+TPU_CHIPS: dict[str, TpuChip] = {
+    "v4": TpuChip("v4", 275e12, 32 * GiB, 1200e9, 540e9),
+    "v5e": TpuChip("v5e", 197e12, 16 * GiB, 819e9, 400e9),
+    "v5p": TpuChip("v5p", 459e12, 95 * GiB, 2765e9, 1200e9),
+    "v6e": TpuChip("v6e", 918e12, 32 * 1000 ** 3, 1638e9, 800e9),
+}
+_TOPOLOGY = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
+
+
+def parse_topology(name: str) -> tuple[TpuChip, tuple[int, ...]]:
+    """"v5e:4x4" -> (the v5e chip, (4, 4)).
+
+    Raises:
+      ValueError: a malformed name or a TPU generation without figures here (naming the known ones).
+    """
+    match = _TOPOLOGY.match(name.strip())
+    if not match:
+        raise ValueError(f"topology {name!r}: expected GENERATION:AxB or GENERATION:AxBxC, e.g. v5e:4x4 or "
+                         f"v5p:4x4x2 (generations: {', '.join(TPU_CHIPS)})")
+    generation, dims = match.groups()
+    if generation not in TPU_CHIPS:
+        raise ValueError(f"topology {name!r}: unknown TPU generation {generation!r}; known: {', '.join(TPU_CHIPS)}")
+    return TPU_CHIPS[generation], tuple(int(d) for d in dims.split("x"))
+
+
+def _quiet_libtpu_env() -> None:
+    """On a host without TPU chips: tell libtpu what it would otherwise look up (and warn about) and let it
+    load beside another process that holds its lock (nothing here drives a chip)."""
+    from metacog_jax.platforms import tpu_chips_present
+
+    if tpu_chips_present():
+        return
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # any: only compiles; names its own target
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a named TPU slice (compile targets; nothing runs on them).
+
+    Raises:
+      MissingTpuExtra: libtpu is not installed (the message says how to install it).
+      ValueError: an unknown or impossible topology (libtpu's reason included).
+    """
+    from metacog_jax.platforms import libtpu_installed
+
+    parse_topology(name)
+    if not libtpu_installed():
+        raise MissingTpuExtra(INSTALL_HINT)
+    _quiet_libtpu_env()
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(topology_name=name.strip(), platform="tpu")
+    except Exception as e:  # libtpu raises JaxRuntimeError(INVALID_ARGUMENT: ...)
+        raise ValueError(f"topology {name!r}: libtpu cannot build it: {e}") from None
+    return list(desc.devices)
+
+
+# -- the model ------------------------------------------------------------------------------------------
+def model_architecture(config, num_layers: int | None = None):
+    """The config's ModelConfig without reading any weights: the random model's fields, the preset's
+    entry in models/architectures.py, or a local Hugging Face directory's config.json.
+
+    Raises:
+      ValueError: a model the plan cannot know offline (naming model.name and model.preset).
+    """
+    from metacog_jax.experiment_config import MODEL_PRESETS
+    from metacog_jax.models.architectures import ARCHITECTURES
+    from metacog_jax.models.build import random_model_config
+    from metacog_jax.models.config import read_hf_config
+
+    m = config.model
+    if m.name == "random":
+        arch = random_model_config(m.random)
+    elif m.preset in ARCHITECTURES and m.name == MODEL_PRESETS.get(m.preset, ("",))[0]:
+        arch = ARCHITECTURES[m.preset]
+    elif (Path(m.name) / "config.json").is_file():
+        arch = read_hf_config(m.name)
+    else:
+        raise ValueError(f"config model.name={m.name!r} (model.preset={m.preset!r}): its architecture is not "
+                         f"known offline; use a preset from metacog_jax/models/architectures.py "
+                         f"({', '.join(ARCHITECTURES)}) or a local Hugging Face directory")
+    return arch.replace(num_layers=int(num_layers)) if num_layers else arch
+
+
+def abstract_model(config, arch, lora: bool):
+    """The Decoder (with the config's LoRA adapters when `lora`) as ShapeDtypeStructs: nothing allocated."""
+    from flax import nnx
+
+    from metacog_jax.models import decoder
+    from metacog_jax.models import lora as lora_lib
+
+    dt, pdt = decoder.parse_dtype(config.model.dtype), decoder.parse_dtype(config.model.param_dtype)
+    lo = config.train.lora
+
+    def build():
+        model = decoder.Decoder(arch, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(config.seed))
+        if lora:
+            lora_lib.apply_lora(model, lo.targets, lo.rank, lo.alpha, lo.dropout, seed=config.seed)
+        return model
+
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(build)
+
+
+def plan_mesh(config, devices):
+    """The config's (data, fsdp, tensor) mesh over `devices`, laid out as jax.make_mesh lays out a slice."""
+    import jax
+
+    from metacog_jax import sharding as sharding_lib
+
+    sizes = sharding_lib.resolve_mesh_shape(tuple(config.mesh.shape), len(devices))
+    return jax.make_mesh(sizes, sharding_lib.MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(sharding_lib.MESH_AXES))
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the largest shard)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+# -- the steps ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StepSpec:
+    """What to compile: a jitted function, its abstract arguments, and what the report needs."""
+
+    name: str
+    fn: Any
+    args: tuple
+    kwargs: dict
+    shape: str  # e.g. "16 x 512 tokens"
+    model_flops: float  # FLOPs the model needs per step (6N/4N+6N_lora/2N per token)
+    params: Any  # the arguments that are model weights (for per-chip bytes)
+    optimizer: Any = None
+    knobs: str = ""  # the config fields that size this step (for the advice)
+
+
+def _batch_spec(mesh, rows: int, length: int, dtype="int32"):
+    import jax
+    import jax.numpy as jnp
+
+    from metacog_jax import sharding as sharding_lib
+
+    return jax.ShapeDtypeStruct((rows, length), jnp.dtype(dtype), sharding=sharding_lib.batch_sharding(mesh))
+
+
+def _rows_spec(mesh, rows: int, dtype="int32"):
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    from metacog_jax import sharding as sharding_lib
+
+    spec = sharding_lib.logical_to_mesh_spec(("batch",), sharding_lib.DEFAULT_LOGICAL_AXIS_RULES, (rows,), mesh)
+    return jax.ShapeDtypeStruct((rows,), jnp.dtype(dtype), sharding=NamedSharding(mesh, spec))
+
+
+def _sharded_state(state, mesh, rules):
+    from metacog_jax import sharding as sharding_lib
+
+    return sharding_lib.abstract_with_shardings(state, sharding_lib.state_shardings(state, mesh, rules))
+
+
+def train_spec(config, arch, mesh) -> StepSpec:
+    """trainer.jit_train_step over abstract states and a [train.batch_size, train.max_len] batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from metacog_jax.models import lora as lora_lib
+    from metacog_jax.train import trainer
+
+    t = config.train
+    lora = t.lora.rank > 0
+    model = abstract_model(config, arch, lora)
+    graphdef, trainable, frozen, other = trainer.split_model(model, config)
+    tx, _ = trainer.make_optimizer(t)
+    window = max(int(t.attention_window), 0)  # -1 (the longest example) is unknown offline: whole rows
+    step_fn, in_sh = trainer.jit_train_step(graphdef, config, tx, mesh, trainable, frozen, other,
+                                            attention_window=window)
+    opt_state = jax.eval_shape(tx.init, trainable)
+    b, length = int(t.batch_size), int(t.max_len)
+    floats = ("loss_weights", "decision_mask", "decision_value")
+    batch = {k: jax.ShapeDtypeStruct((b, length), jnp.float32 if k in floats else jnp.int32, sharding=in_sh[4][k])
+             for k in trainer.BATCH_KEYS}
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+    tokens = b * length
+    n = arch.num_params()
+    n_lora = lora_lib.count_params(trainable) if lora else 0
+    flops = (4.0 * n * tokens + 6.0 * n_lora * tokens) if lora else 6.0 * n * tokens
+    from metacog_jax import sharding as sharding_lib
+
+    params = (sharding_lib.abstract_with_shardings(trainable, in_sh[0]),
+              sharding_lib.abstract_with_shardings(frozen, in_sh[2]))
+    return StepSpec("train", step_fn, (trainable, opt_state, frozen, other, batch, step), {},
+                    f"{b} x {length} tokens", flops, params,
+                    sharding_lib.abstract_with_shardings(opt_state, in_sh[1]),
+                    "train.batch_size (with train.grad_accum to keep the global batch), train.max_len")
+
+
+def _base_state(config, arch, mesh):
+    """(graphdef, sharded abstract state) of the model the sampler and scorer run: the base model, LoRA
+    adapters merged (trainer.model_for_eval)."""
+    from flax import nnx
+
+    from metacog_jax.models.build import rules_from_config
+
+    graphdef, state = nnx.split(abstract_model(config, arch, lora=False))
+    return graphdef, _sharded_state(state, mesh, rules_from_config(config))
+
+
+def _prefill(graphdef, state, tokens, segments, positions, *, samples: int, new_tokens: int):
+    """The prompt half of sampling._generate: fill the KV cache, logits at the last prompt position, the
+    cache shared by the `samples` continuations of each prompt."""
+    from flax import nnx
+
+    from metacog_jax.models.decoder import KVCache
+
+    model = nnx.merge(graphdef, state)
+    b, p = tokens.shape
+    cache = KVCache.init(model.config, b, p, model.dtype)
+    hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
+    return model.logits(hidden[:, -1]), cache.share_prefix(samples, new_tokens)
+
+
+def _decode_step(graphdef, state, cache, tokens, positions, keys):
+    """One token of sampling._generate's decode loop for every row: the model on the cache, logits, a
+    draw from them (sampling.sample_inverse_cdf)."""
+    from flax import nnx
+
+    from metacog_jax import sampling
+
+    model = nnx.merge(graphdef, state)
+    hidden, cache = model(tokens[:, None], positions[:, None], cache=cache, return_hidden=True)
+    return sampling.sample_inverse_cdf(model.logits(hidden[:, -1]), keys), cache
+
+
+def _cache_shardings(cache, mesh, rules):
+    """KV cache arrays sharded like activations: rows over (data, fsdp), kv heads over tensor."""
+    import jax
+    from jax.sharding import NamedSharding
+
+    from metacog_jax import sharding as sharding_lib
+
+    names = {4: ("batch", "kv_heads", "length", "kv"), 2: ("batch", "length"), 0: ()}
+
+    def one(leaf):
+        spec = sharding_lib.logical_to_mesh_spec(names[leaf.ndim], rules, leaf.shape, mesh, name="kv cache")
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(one, cache)
+
+
+def _sampling_sizes(config, prompt_len: int):
+    from metacog_jax.sampling import length_bucket
+
+    s = config.sample
+    return int(s.batch_size), int(s.k), int(s.max_new_tokens), length_bucket(prompt_len)
+
+
+def prefill_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
+    import functools
+
+    import jax
+
+    b, k, n, p = _sampling_sizes(config, prompt_len)
+    graphdef, state = _base_state(config, arch, mesh)
+    fn = jax.jit(functools.partial(_prefill, graphdef, samples=k, new_tokens=n))
+    args = (state, _batch_spec(mesh, b, p), _batch_spec(mesh, b, p), _batch_spec(mesh, b, p))
+    return StepSpec("prefill", fn, args, {}, f"{b} prompts x {p} tokens", 2.0 * arch.num_params() * b * p, state,
+                    knobs="sample.batch_size, the prompt length")
+
+
+def decode_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
+    import functools
+
+    import jax
+
+    from metacog_jax.models.build import rules_from_config
+
+    b, k, n, p = _sampling_sizes(config, prompt_len)
+    graphdef, state = _base_state(config, arch, mesh)
+    prompt = _batch_spec(mesh, b, p)
+    _, cache = jax.eval_shape(functools.partial(_prefill, graphdef, samples=k, new_tokens=n), state, prompt,
+                              prompt, prompt)
+    shardings = _cache_shardings(cache, mesh, rules_from_config(config))
+    cache = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), cache, shardings)
+    rows = b * k
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), rows))
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=_rows_spec(mesh, rows).sharding)
+    fn = jax.jit(functools.partial(_decode_step, graphdef), donate_argnums=(1,))
+    args = (state, cache, _rows_spec(mesh, rows), _rows_spec(mesh, rows), keys)
+    return StepSpec("decode", fn, args, {}, f"{rows} rows x 1 token ({p} + {n} cached)",
+                    2.0 * arch.num_params() * rows, state,
+                    knobs="sample.batch_size, sample.k, sample.max_new_tokens")
+
+
+def generate_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
+    """sampling._generate itself (prefill + the whole decode loop; cost counts its loop body once)."""
+    import jax
+
+    from metacog_jax import sampling
+
+    b, k, n, p = _sampling_sizes(config, prompt_len)
+    graphdef, state = _base_state(config, arch, mesh)
+    params = sampling.SamplingParams(max_new_tokens=n, temperature=float(config.sample.temperature),
+                                     top_p=float(config.sample.top_p), num_samples=k)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    args = (graphdef, state, _batch_spec(mesh, b, p), _batch_spec(mesh, b, p), _batch_spec(mesh, b, p),
+            _rows_spec(mesh, b, "uint32"), key)
+    kwargs = dict(params=params, stop_ids=tuple(arch.eos_token_ids) or (0,), pad_id=0)
+    # XLA's cost counts the decode loop's body once, so the model FLOPs match: the prompts + one token per row.
+    return StepSpec("generate", sampling._generate, args, kwargs, f"{b} prompts x {p} + {k} x {n} tokens",
+                    2.0 * arch.num_params() * (b * p + b * k), state,
+                    knobs="sample.batch_size, sample.k, sample.max_new_tokens")
+
+
+# A confidence scale's labels as a token trie, sized like the default "0-1" scale (101 labels "0.00" ..
+# "1.00", a few tokens each, the digits sharing trie nodes). The scorer's cost is the forward pass over
+# prefix + nodes; these only size the readout, which the tokenizer (not needed offline) would fix exactly.
+_SCORE_NODES, _SCORE_LABELS, _SCORE_LABEL_TOKENS = 24, 101, 5
+
+
+def score_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
+    import jax
+    import jax.numpy as jnp
+
+    from metacog_jax.evaluation import scoring
+    from metacog_jax.sampling import length_bucket
+
+    b = int(config.eval.batch_size)
+    t = length_bucket(prompt_len + _SCORE_NODES, per_octave=scoring.BUCKETS_PER_OCTAVE)
+    graphdef, state = _base_state(config, arch, mesh)
+    m, labels, width = _SCORE_NODES, _SCORE_LABELS, _SCORE_LABEL_TOKENS
+    small = lambda shape, dtype: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+    args = (graphdef, state, _batch_spec(mesh, b, t), _rows_spec(mesh, b), small((m,), "int32"),
+            small((m, m), "bool"), small((labels, width), "int32"), small((labels, width), "int32"),
+            small((labels, width), "bool"))
+    return StepSpec("score", scoring._label_logprobs, args, {}, f"{b} x {t} tokens", 2.0 * arch.num_params() * b * t,
+                    state, knobs="eval.batch_size")
+
+
+_BUILDERS: dict[str, Callable] = {
+    "train": lambda c, a, m, p: train_spec(c, a, m),
+    "prefill": prefill_spec,
+    "decode": decode_spec,
+    "score": score_spec,
+    "generate": generate_spec,
+}
+
+
+# -- compiling and reading the compiled step ------------------------------------------------------------
+_SHAPE = re.compile(r"\b(pred|s4|s8|s16|s32|s64|u4|u8|u16|u32|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64|c64|c128)"
+                    r"\[([0-9,]*)\]")
+_BITS = {"pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "f8e4m3fn": 8, "f8e5m2": 8, "s16": 16, "u16": 16,
+         "bf16": 16, "f16": 16, "s32": 32, "u32": 32, "f32": 32, "s64": 64, "u64": 64, "f64": 64, "c64": 64,
+         "c128": 128}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z\-]*)\((.*)$")
+_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        count = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+        total += count * _BITS[dtype] // 8
+    return total
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+    """Bytes each kind of collective moves per device in a compiled (SPMD-partitioned) HLO module.
+
+    Each collective counts the larger of its operands and its result (an all-gather its gathered result, a
+    reduce-scatter its unscattered input), twice for an all-reduce (reduce-scatter + all-gather): a ring
+    algorithm's traffic with (n - 1) / n taken as 1. Collectives fused on TPU (a fusion calling
+    ``%all-reduce-scatter`` and the like) count by the computation they call; ``-done`` halves of async
+    pairs are skipped. A collective inside a loop body counts once.
+    """
+    sizes: dict[str, int] = {}
+    found: list[tuple[str, str, str]] = []
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, result, op, rest = match.groups()
+        sizes[name] = _shape_bytes(result)
+        kind = None
+        if op.endswith("-done"):
+            continue
+        base = op[:-len("-start")] if op.endswith("-start") else op
+        if base in _COLLECTIVES:
+            kind = base
+        elif op == "fusion":
+            called = re.search(r"calls=%([\w.\-]+)", rest)
+            if called:
+                kind = next((c for c in sorted(_COLLECTIVES, key=len, reverse=True) if c in called.group(1)), None)
+                if kind == "all-reduce" and "scatter" in called.group(1):
+                    kind = "reduce-scatter"
+        if kind is not None:
+            found.append((kind, result, rest.split(")", 1)[0]))
+    out = {kind: 0 for kind in _COLLECTIVES}
+    for kind, result, operands in found:
+        result_bytes = _shape_bytes(result)
+        if result.lstrip().startswith("("):  # async start: (operand, result, ...) -> the largest
+            result_bytes = max((_shape_bytes(m.group(0)) for m in _SHAPE.finditer(result)), default=0)
+        operand_bytes = sum(sizes.get(op.strip().lstrip("%"), 0) for op in operands.split(",") if op.strip())
+        moved = max(result_bytes, operand_bytes)
+        out[kind] += 2 * moved if kind == "all-reduce" else moved
+    return out
+
+
+def replicated_large_arrays(compiled, args, min_elements: int = 2 ** 20) -> list[str]:
+    """Inputs and outputs of a compiled step with at least `min_elements` elements that are fully
+    replicated over the mesh: each is a whole copy on every chip. Empty when the step shards every large
+    array (what a plan of a big model needs)."""
+    import jax
+
+    found = []
+    in_shardings = jax.tree.leaves(compiled.input_shardings[0])
+    in_shapes = [leaf for leaf in jax.tree.leaves(args) if hasattr(leaf, "shape")]
+    out_shapes = [leaf for leaf in jax.tree.leaves(compiled.out_info) if hasattr(leaf, "shape")]
+    out_shardings = jax.tree.leaves(compiled.output_shardings)
+    for side, shapes, shardings in (("input", in_shapes, in_shardings), ("output", out_shapes, out_shardings)):
+        for i, (leaf, sharding) in enumerate(zip(shapes, shardings)):
+            if math.prod(leaf.shape) >= min_elements and sharding.is_fully_replicated:
+                found.append(f"{side} {i}: {leaf.dtype}{list(leaf.shape)}")
+    return found
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """One compiled step, per chip. Bytes are per chip; times in seconds; estimates are estimates."""
+
+    step: str
+    shape: str
+    compile_s: float
+    params_bytes: int
+    optimizer_bytes: int
+    other_argument_bytes: int
+    temp_bytes: int
+    output_bytes: int
+    code_bytes: int
+    total_bytes: int
+    hbm_bytes: float
+    fits: bool
+    flops: float
+    bytes_accessed: float
+    collective_bytes: dict[str, int]
+    compute_s: float
+    hbm_s: float
+    ici_s: float
+    step_s: float
+    bound: str
+    model_flops: float
+    mfu: float
+    xla_optimal_s: float | None
+    replicated: list[str]
+    advice: list[str]
+
+    @property
+    def over_bytes(self) -> float:
+        return max(self.total_bytes - self.hbm_bytes, 0.0)
+
+
+def _roofline(chip: TpuChip, flops: float, bytes_accessed: float, ici_bytes: float) -> dict[str, float | str]:
+    """Per-chip roofline: each term is the time that resource alone needs; the step takes the largest."""
+    terms = {"compute": flops / chip.peak_flops, "hbm": bytes_accessed / chip.hbm_bandwidth,
+             "ici": ici_bytes / chip.ici_bandwidth}
+    bound = max(terms, key=terms.get)
+    return dict(compute_s=terms["compute"], hbm_s=terms["hbm"], ici_s=terms["ici"], step_s=terms[bound],
+                bound=bound)
+
+
+def estimated_mfu(model_flops: float, chips: int, chip: TpuChip, step_s: float) -> float:
+    """model FLOPs / (chips x peak FLOP/s x step time); 0 when the step time is 0."""
+    return model_flops / (chips * chip.peak_flops * step_s) if step_s > 0 else 0.0
+
+
+def _advice(spec: StepSpec, plan: dict, config, mesh) -> list[str]:
+    """Which knob would bring a step that does not fit within HBM (empty when it fits)."""
+    over = plan["total_bytes"] - plan["hbm_bytes"]
+    if over <= 0:
+        return []
+    sizes = dict(mesh.shape)
+    out = [f"over by {over / GiB:.2f} GiB per chip ({plan['total_bytes'] / GiB:.2f} of {plan['hbm_bytes'] / GiB:.2f})"]
+    weights = plan["params_bytes"] + plan["optimizer_bytes"]
+    if weights > plan["hbm_bytes"] * 0.5:
+        hint = [f"weights{' and optimizer state' if plan['optimizer_bytes'] else ''} take {weights / GiB:.2f} GiB "
+                f"per chip: spread them over more chips (mesh now data={sizes['data']}, fsdp={sizes['fsdp']}, "
+                f"tensor={sizes['tensor']}; a larger slice)"]
+        if spec.name == "train" and config.train.lora.rank == 0:
+            hint.append("LoRA (train.lora.rank > 0: no optimizer state for the base)")
+        if config.model.param_dtype == "float32":
+            hint.append("bfloat16 parameters (model.param_dtype)")
+        out.append("; ".join(hint))
+    if sizes["data"] > 1:
+        out.append(f"mesh data={sizes['data']} holds a full copy of the weights per data group: move it onto fsdp")
+    fixed = plan["total_bytes"] - plan["temp_bytes"]
+    if plan["temp_bytes"] > 0 and fixed < plan["hbm_bytes"]:
+        share = (plan["hbm_bytes"] - fixed) / plan["temp_bytes"]
+        out.append(f"activations/temporaries take {plan['temp_bytes'] / GiB:.2f} GiB: about {share:.0%} of them "
+                   f"would fit: a smaller {spec.knobs}; rematerialization (a remat policy) or chunked logits "
+                   "where the config offers them")
+    if config.model.dtype == "float32":
+        out.append("bfloat16 compute (model.dtype) halves activations")
+    return out
+
+
+def compile_step(spec: StepSpec, chip: TpuChip, mesh, config) -> StepPlan:
+    """Lower and compile one step for the mesh's devices and read its memory and cost."""
+    t0 = time.perf_counter()
+    lowered = spec.fn.lower(*spec.args, **spec.kwargs)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    chips = mesh.devices.size
+    params = per_device_bytes(spec.params)
+    opt = per_device_bytes(spec.optimizer) if spec.optimizer is not None else 0
+    argument = int(mem.argument_size_in_bytes)
+    output = int(mem.output_size_in_bytes) - int(mem.alias_size_in_bytes)
+    total = argument + output + int(mem.temp_size_in_bytes) + int(mem.generated_code_size_in_bytes)
+    coll = collective_bytes(compiled.as_text())
+    flops = float(cost.get("flops", 0.0))
+    accessed = float(cost.get("bytes accessed", 0.0))
+    roof = _roofline(chip, flops, accessed, sum(coll.values()))
+    plan = dict(step=spec.name, shape=spec.shape, compile_s=compile_s, params_bytes=params, optimizer_bytes=opt,
+                other_argument_bytes=max(argument - params - opt, 0), temp_bytes=int(mem.temp_size_in_bytes),
+                output_bytes=output, code_bytes=int(mem.generated_code_size_in_bytes), total_bytes=total,
+                hbm_bytes=chip.hbm_bytes, fits=total <= chip.hbm_bytes, flops=flops, bytes_accessed=accessed,
+                collective_bytes=coll, **roof, model_flops=spec.model_flops,
+                mfu=estimated_mfu(spec.model_flops, chips, chip, roof["step_s"]),
+                xla_optimal_s=cost.get("optimal_seconds"),
+                replicated=replicated_large_arrays(compiled, (spec.args, spec.kwargs)))
+    plan["advice"] = _advice(spec, plan, config, mesh)
+    return StepPlan(**plan)
+
+
+@dataclasses.dataclass
+class Plan:
+    topology: str
+    chip: TpuChip
+    chips: int
+    mesh: dict[str, int]
+    model: str
+    num_params: int
+    num_layers: int
+    settings: dict[str, Any]
+    steps: list[StepPlan]
+    errors: dict[str, str]
+
+    @property
+    def fits(self) -> bool:
+        return not self.errors and all(s.fits for s in self.steps)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for s, step in zip(d["steps"], self.steps):
+            s["over_bytes"] = step.over_bytes
+        d["fits"] = self.fits
+        return d
+
+
+def _settings(config) -> dict[str, Any]:
+    """The config fields that decide memory and cost, as the plan compiled them."""
+    t = config.train
+    out = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+               lora_rank=int(t.lora.rank), batch=int(t.batch_size), max_len=int(t.max_len),
+               grad_accum=int(t.grad_accum), loss_positions=int(t.loss_positions),
+               attention_window=int(t.attention_window), sample_batch=int(config.sample.batch_size),
+               sample_k=int(config.sample.k), max_new_tokens=int(config.sample.max_new_tokens),
+               eval_batch=int(config.eval.batch_size))
+    # Fields other work adds (layer scan, remat policy, loss chunks) are reported when the config has them.
+    for section, field in (("model", "scan_layers"), ("train", "remat"), ("model", "remat"),
+                           ("train", "loss_chunk"), ("model", "attention")):
+        if field in config[section]:
+            out[f"{section}.{field}"] = config[section][field]
+    return out
+
+
+def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_layers: int | None = None,
+         architecture=None, progress: Callable[[str], None] | None = None) -> Plan:
+    """Compile `steps` of `config` for the TPU slice `topology` and read what each needs per chip.
+
+    Args:
+      config: an experiment config (model preset, mesh, train/sample/eval sizes, LoRA or full).
+      topology: a named slice, "v5e:4x4", "v5p:4x4x2", "v6e:2x4", ...
+      steps: among STEPS.
+      prompt_len: prompt tokens for prefill/decode/generate and score rows (padded to the length buckets
+        the sampler and scorer use).
+      num_layers: compile this many layers instead of the architecture's (a quick look at a deep model).
+      architecture: a ModelConfig to use instead of the config's model.
+      progress: called with a line before each compile.
+
+    Returns:
+      a Plan; a step whose build or compile fails is in `errors` with the reason (the others still run).
+
+    Raises:
+      MissingTpuExtra: libtpu is not installed.
+      ValueError: an unknown topology or step, or a mesh that does not cover the slice.
+    """
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown steps {unknown}; choose among {', '.join(STEPS)}")
+    chip, _ = parse_topology(topology)
+    arch = architecture if architecture is not None else model_architecture(config, num_layers)
+    if architecture is not None and num_layers:
+        arch = arch.replace(num_layers=int(num_layers))
+    devices = topology_devices(topology)
+    mesh = plan_mesh(config, devices)
+    from metacog_jax import sharding as sharding_lib
+    from metacog_jax.models.build import rules_from_config
+
+    sharding_lib.check_batch_divisible(int(config.train.batch_size), mesh)
+    results, errors = [], {}
+    for name in steps:
+        if progress is not None:
+            progress(f"compiling {name} for {topology} ...")
+        try:
+            with sharding_lib.sharding_context(mesh, rules_from_config(config)):
+                spec = _BUILDERS[name](config, arch, mesh, prompt_len)
+                results.append(compile_step(spec, chip, mesh, config))
+        except Exception as e:  # noqa: BLE001 -- one step's failure is reported; the others still compile
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return Plan(topology=topology, chip=chip, chips=len(devices), mesh=dict(mesh.shape),
+                model=f"{config.model.preset} ({config.model.name})", num_params=arch.num_params(),
+                num_layers=arch.num_layers, settings=_settings(config), steps=results, errors=errors)
+
+
+# -- the report -----------------------------------------------------------------------------------------
+def _gib(x: float) -> str:
+    return f"{x / GiB:.2f}"
+
+
+def _seconds(x: float) -> str:
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def format_plan(p: Plan) -> str:
+    """The per-chip table, one column per step, and the advice for the steps that do not fit."""
+    lines = [f"{p.model}: {p.num_params / 1e9:.2f}B parameters, {p.num_layers} layers, on {p.topology} "
+             f"({p.chips} chips, TPU {p.chip.name}: {p.chip.hbm_bytes / GiB:.2f} GiB HBM, "
+             f"{p.chip.peak_flops / 1e12:.0f} TFLOP/s bf16) with mesh data={p.mesh['data']}, fsdp={p.mesh['fsdp']}, "
+             f"tensor={p.mesh['tensor']}",
+             "settings: " + ", ".join(f"{k}={v}" for k, v in p.settings.items()), ""]
+    if p.steps:
+        rows = [("per chip", [s.step for s in p.steps]),
+                ("shape (global)", [s.shape for s in p.steps]),
+                ("parameters GiB", [_gib(s.params_bytes) for s in p.steps]),
+                ("optimizer state GiB", [_gib(s.optimizer_bytes) for s in p.steps]),
+                ("other arguments GiB", [_gib(s.other_argument_bytes) for s in p.steps]),
+                ("temporaries GiB", [_gib(s.temp_bytes) for s in p.steps]),
+                ("outputs GiB", [_gib(s.output_bytes) for s in p.steps]),
+                ("total GiB", [_gib(s.total_bytes) for s in p.steps]),
+                ("of HBM", [f"{s.total_bytes / s.hbm_bytes:.0%}" for s in p.steps]),
+                ("fits", ["yes" if s.fits else f"NO (+{_gib(s.over_bytes)})" for s in p.steps]),
+                ("TFLOPs / step", [f"{s.flops / 1e12:.3f}" for s in p.steps]),
+                ("HBM GB accessed", [f"{s.bytes_accessed / 1e9:.2f}" for s in p.steps]),
+                ("collective GB", [f"{sum(s.collective_bytes.values()) / 1e9:.3f}" for s in p.steps]),
+                ("est. compute", [_seconds(s.compute_s) for s in p.steps]),
+                ("est. HBM", [_seconds(s.hbm_s) for s in p.steps]),
+                ("est. ICI", [_seconds(s.ici_s) for s in p.steps]),
+                ("est. step time", [f"{_seconds(s.step_s)} ({s.bound})" for s in p.steps]),
+                ("est. MFU", [f"{s.mfu:.1%}" for s in p.steps]),
+                ("compile time", [f"{s.compile_s:.1f} s" for s in p.steps])]
+        width = max(len(label) for label, _ in rows)
+        cols = [max(len(str(r[1][i])) for r in rows) for i in range(len(p.steps))]
+        for label, values in rows:
+            lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, cols)))
+    for s in p.steps:
+        for line in s.advice:
+            lines.append(f"{s.step}: {line}")
+        if s.replicated:
+            lines.append(f"{s.step}: large arrays replicated on every chip: {', '.join(s.replicated[:5])}")
+    for name, err in p.errors.items():
+        lines.append(f"{name}: could not compile: {err}")
+    lines.append("")
+    lines.append("Estimates, not measurements: step time = max(FLOPs / peak, HBM bytes / HBM bandwidth, collective "
+                 "bytes / ICI bandwidth) per chip, from XLA's counts and published peak figures; MFU = model FLOPs "
+                 "(6N, or 4N + 6N_LoRA, per trained token; 2N per forward token) / (chips x peak x step time).")
+    return "\n".join(lines)
