@@ -142,6 +142,12 @@ def default_config() -> ml_collections.ConfigDict:
     # never see each other, so the loss is unchanged up to float rounding, and attention skips the key
     # blocks before the window), 0 = the whole row, N = N tokens (a longer example is an error).
     c.train.attention_window = -1
+    # Memory knobs for large models (same loss and gradients, more recomputation): remat recomputes each
+    # decoder layer's activations in the backward pass: none | matmuls (keep only the projections' outputs)
+    # | full (keep only each layer's input); loss_chunk > 0 computes the LM head and loss this many
+    # positions at a time, so the [B, P, V] float32 logits never exist whole (0 = all at once).
+    c.train.remat = "none"
+    c.train.loss_chunk = 0
     c.train.mix = 0.5  # share of pairwise examples in multitask runs
     # Share of the example stream given to replay examples: the base model's own greedy completions of the
     # answer prompt on the training questions (from the samples), so that fine-tuning on the confidence
@@ -294,6 +300,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.train.attention_window < -1:
         raise ValueError(f"config train.attention_window={c.train.attention_window} must be -1 (the longest "
                          "training example), 0 (whole rows) or a number of tokens")
+    from metacog_jax.models.decoder import REMAT_POLICIES
+
+    if c.train.remat not in REMAT_POLICIES:
+        raise ValueError(f"config train.remat={c.train.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+    if c.train.loss_chunk < 0:
+        raise ValueError(f"config train.loss_chunk={c.train.loss_chunk} must be >= 0 (positions per chunk of the "
+                         "LM head and loss; 0 = all at once)")
     if c.train.lora.rank < 0:
         raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")
     _validate_targets(c)

@@ -581,8 +581,9 @@ def _advice(spec: StepSpec, plan: dict, config, mesh) -> list[str]:
     if plan["temp_bytes"] > 0 and fixed < plan["hbm_bytes"]:
         share = (plan["hbm_bytes"] - fixed) / plan["temp_bytes"]
         out.append(f"activations/temporaries take {plan['temp_bytes'] / GiB:.2f} GiB: about {share:.0%} of them "
-                   f"would fit: a smaller {spec.knobs}; rematerialization (a remat policy) or chunked logits "
-                   "where the config offers them")
+                   f"would fit: a smaller {spec.knobs}"
+                   + ("; rematerialization (train.remat=matmuls or full) or the loss in chunks of positions "
+                      "(train.loss_chunk)" if spec.name == "train" else ""))
     if config.model.dtype == "float32":
         out.append("bfloat16 compute (model.dtype) halves activations")
     return out

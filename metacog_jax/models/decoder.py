@@ -4,7 +4,8 @@ Gemma 3 families; their differences are switches on ModelConfig).
 Module and parameter names mirror transformers' (`layers.3.self_attn.q_proj`), kernels are stored
 [in, out] (transposed once at import), and rotary embeddings use the split-halves convention
 (`rotate_half`), so a checkpoint loads without permuting anything. Layers are kept as a list of
-modules, not stacked, so LoRA can wrap any projection by path; checkpoints record this choice.
+modules, not stacked, so LoRA can wrap any projection by path; checkpoints record this choice. Training
+may rematerialize each layer in the backward pass (`remat`, REMAT_POLICIES).
 
 Every parameter carries a `logical_axes` metadata entry (batch, embed, mlp, heads, kv_heads, vocab) that
 `metacog_jax.sharding` maps onto mesh axes through the config's rules table.
@@ -331,6 +332,35 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
+# Rematerialization of each decoder layer in the backward pass (config train.remat): which of the layer's
+# intermediates the forward keeps, the rest being recomputed from the layer's input.
+# "matmuls" keeps the outputs of matmuls without batch dimensions: every projection (tokens are flattened
+# to [B*T, D] between layers, so q/k/v/o and the MLP are plain 2-D matmuls), but not the attention
+# einsums (batched over B and the kv heads), whose [B, K, G, T, S] float32 scores are the largest
+# activation of a layer; checkpoint_dots would keep those too. "full" keeps only the layer's input.
+REMAT_POLICIES = {
+    "none": None,
+    "matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _rematerialized_layer(layer: "DecoderLayer", policy, x, sin, cos, bias, causal: bool, window: int):
+    """layer(x, ...) without a cache or prefix, under jax.checkpoint with `policy`. The layer is split into
+    parameters and the rest (LoRA dropout's RNG counters): the parameters go in as arguments, so their
+    gradients flow, and the rest comes back out and is written to the layer, so a mutated RNG is kept."""
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def run(params, rest, x, sin, cos, bias):
+        inner = nnx.merge(graphdef, params, rest)
+        out, _ = inner(x, sin, cos, bias, None, None, causal, None, window)
+        return out, nnx.state(inner, nnx.Not(nnx.Param))
+
+    out, rest = jax.checkpoint(run, policy=policy)(params, rest, x, sin, cos, bias)
+    nnx.update(layer, rest)
+    return out
+
+
 class Decoder(nnx.Module):
     """The language model: token embedding, decoder layers, final norm, LM head (tied or not)."""
 
@@ -389,7 +419,8 @@ class Decoder(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
                  cache: KVCache | None = None, attention_mask: jax.Array | None = None,
-                 mask_is_causal: bool = False, attention_window: int = 0, return_hidden: bool = False):
+                 mask_is_causal: bool = False, attention_window: int = 0, return_hidden: bool = False,
+                 remat: str = "none"):
         """Run the model.
 
         tokens, positions: int [B, T]. segment_ids: int [B, T]; 0 marks padding, equal non-zero ids
@@ -409,8 +440,16 @@ class Decoder(nnx.Module):
         attention_mask (a tree of continuations laid side by side), positions, which count the slots of the
         sequence each branch stands for. The cache keeps every slot; the window is a mask.
 
+        remat: rematerialization of each layer in the backward pass, a key of REMAT_POLICIES ("none": the
+        plain loop; "matmuls": keep only the projections' outputs; "full": keep only each layer's input).
+        The same function either way; the trainer sets it (config train.remat), no cache allowed.
+
         Returns (logits [B, T, V] float32 — or final hidden states [B, T, D] if return_hidden — , cache).
         """
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+        if remat != "none" and cache is not None:
+            raise ValueError(f"remat={remat!r} is for training: it cannot be combined with a KV cache")
         b, t = tokens.shape
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
@@ -455,6 +494,10 @@ class Decoder(nnx.Module):
             sin_i, cos_i, bias_i, prefix_i, window_i = local if cfg.is_sliding(i) else full
             if prefix_i is not None:
                 prefix_i = (cache.prefix_keys[i], cache.prefix_values[i], *prefix_i)
+            if remat != "none":
+                x, new_kv = _rematerialized_layer(layer, REMAT_POLICIES[remat], x, sin_i, cos_i, bias_i, causal,
+                                                  window_i), None
+                continue
             x, new_kv = layer(x, sin_i, cos_i, bias_i, kv, None if cache is None else cache.index, causal,
                               prefix_i, window_i)
             if new_kv is not None:

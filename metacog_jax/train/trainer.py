@@ -14,6 +14,7 @@ step), so a checkpoint needs only the states and the step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import signal
 import time
@@ -107,13 +108,15 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
                          "decision token (e.g. data.confidence_scale='0-9')")
 
     n_pos = int(config.train.loss_positions)
+    remat = str(config.train.remat)
+    chunk = int(config.train.loss_chunk)
 
     def micro_loss(trainable, frozen, other, mb, step, n_tokens, n_dec):
         model = nnx.merge(graphdef, trainable, frozen, other)
         if dropout:
             nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(seed), step))
         hidden, _ = model(mb["tokens"], mb["positions"], segment_ids=mb["segment_ids"],
-                          attention_window=attention_window, return_hidden=True)
+                          attention_window=attention_window, return_hidden=True, remat=remat)
         if n_pos:
             # The LM head and softmax run only where the loss does: the (at most n_pos) weighted positions
             # of each row, gathered first; the rest of the row carries no loss.
@@ -123,8 +126,12 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
             pick = jax.nn.one_hot(idx, hidden.shape[1], dtype=hidden.dtype)
             hidden = jnp.einsum("bpt,btd->bpd", pick, hidden)
             mb = {k: jnp.take_along_axis(v, idx, axis=1) for k, v in mb.items() if k in LOSS_KEYS}
-        terms = losses.loss_terms(model.logits(hidden), mb, brier_weight=brier_w, label_token_ids=lab_ids,
-                                  label_values=lab_vals)
+        if chunk:
+            terms = chunked_loss_terms(model.logits, hidden, {k: mb[k] for k in LOSS_KEYS}, chunk, brier_weight=brier_w,
+                                       label_token_ids=lab_ids, label_values=lab_vals)
+        else:
+            terms = losses.loss_terms(model.logits(hidden), mb, brier_weight=brier_w, label_token_ids=lab_ids,
+                                      label_values=lab_vals)
         objective = terms["ce_sum"] / n_tokens
         if brier_w > 0:
             objective = objective + brier_w * terms["brier_sum"] / n_dec
@@ -159,6 +166,39 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
         return trainable, opt_state, stats
 
     return step_fn
+
+
+def chunked_loss_terms(logits_fn: Callable, hidden: jax.Array, batch: dict, chunk: int, **loss_kw) -> dict:
+    """losses.loss_terms(logits_fn(hidden), batch, **loss_kw), computed `chunk` positions at a time so the
+    float32 logits [B, P, V] never exist whole, in the forward or the backward pass.
+
+    hidden [B, P, D] (final-norm'd); batch: LOSS_KEYS arrays [B, P]. The positions are padded to a multiple
+    of `chunk` with loss weight 0 and no decision (they add 0 to every term); a lax.scan runs over the
+    chunks, each under jax.checkpoint, so the backward pass recomputes one chunk's logits at a time from
+    its hidden states. Every term loss_terms returns is a sum (cross-entropy sums, token and decision
+    counts, the Brier sum), so the chunks' terms add up to the unchunked ones.
+    """
+    b, p = hidden.shape[:2]
+    n = -(-p // chunk)
+    pad = n * chunk - p
+
+    def chunks(a):  # [B, P, ...] -> [n, B, chunk, ...], zero-padded (weight 0, no decision)
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(a.reshape(b, n, chunk, *a.shape[2:]), 1, 0)
+
+    xs = (chunks(hidden), {k: chunks(v) for k, v in batch.items()})
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def one(h, mb):
+        return losses.loss_terms(logits_fn(h), mb, **loss_kw)
+
+    def body(acc, x):
+        return jax.tree.map(jnp.add, acc, one(*x)), None
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(one, *jax.tree.map(lambda a: a[0], xs)))
+    terms, _ = jax.lax.scan(body, zeros, xs)
+    return terms
 
 
 def check_loss_positions(batch: dict, limit: int) -> None:
