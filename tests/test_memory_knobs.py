@@ -144,6 +144,26 @@ def test_remat_and_chunks_with_lora():
     _assert_same(_step(arch, _config(*lora, "train.remat=full", "train.loss_chunk=6")), plain)
 
 
+def test_lora_dropout_trains_under_remat():
+    """LoRA dropout draws fresh masks each step (its RNG streams restarted from the seed and step in the
+    state passed to the step, not mutated inside the traced loss): the step runs, plain and under remat,
+    and a different step gives different gradients."""
+    arch = ARCHS["llama_like"]
+    drop = ("train.lora.rank=4", "train.lora.dropout=0.5", "train.loss_positions=16", "train.remat=full")
+    config = _config(*drop)
+    model = create_model(arch, seed=1)
+    lo = config.train.lora
+    lora_lib.apply_lora(model, lo.targets, lo.rank, lo.alpha, lo.dropout, seed=3)
+    graphdef, trainable, frozen, other = trainer.split_model(model, config)
+    step_fn = jax.jit(trainer.make_train_step(graphdef, config, KEEP_GRADS, LABEL_IDS, LABEL_VALUES))
+    grads = [jax.device_get(step_fn(trainable, KEEP_GRADS.init(trainable), frozen, other,
+                                    _batch(arch.vocab_size), s)[1]) for s in (0, 0, 1)]
+    leaves = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in grads]
+    assert all(np.isfinite(v).all() for v in leaves)
+    np.testing.assert_array_equal(leaves[0], leaves[1])  # the same step: the same masks
+    assert np.abs(leaves[0] - leaves[2]).max() > 0  # another step: other masks
+
+
 def test_chunked_loss_terms_match_loss_terms_directly():
     """chunked_loss_terms against losses.loss_terms on random logits-producing inputs, every term."""
     from metacog_jax.train import losses

@@ -18,6 +18,7 @@ import functools
 import logging
 import signal
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -86,6 +87,19 @@ def split_model(model, config):
     return nnx.split(model, trainable_filter(config), nnx.Param, ...)
 
 
+def _reseeded(state, key):
+    """`state` with every dropout RNG stream restarted from `key` (the key folded with the stream's path, its
+    count at 0): nnx.reseed's effect, as a new state instead of a mutation of the model's variables."""
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        if isinstance(var, nnx.RngKey) and var.tag == "dropout":
+            var = var.replace(jax.random.fold_in(key, zlib.crc32(repr(path).encode())))
+        elif isinstance(var, nnx.RngCount) and var.tag == "dropout":
+            var = var.replace(jnp.zeros_like(var.get_value()))
+        flat.append((path, var))
+    return nnx.from_flat_state(flat)
+
+
 def _batch_shardings(mesh):
     spec = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
     return {k: spec for k in BATCH_KEYS}
@@ -112,9 +126,9 @@ def make_train_step(graphdef, config, tx, label_token_ids=None, label_values=Non
     chunk = int(config.train.loss_chunk)
 
     def micro_loss(trainable, frozen, other, mb, step, n_tokens, n_dec):
+        if dropout:  # fresh dropout streams for this step, set in the state (no mutation across traces)
+            other = _reseeded(other, jax.random.fold_in(jax.random.key(seed), step))
         model = nnx.merge(graphdef, trainable, frozen, other)
-        if dropout:
-            nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(seed), step))
         hidden, _ = model(mb["tokens"], mb["positions"], segment_ids=mb["segment_ids"],
                           attention_window=attention_window, return_hidden=True, remat=remat)
         if n_pos:
