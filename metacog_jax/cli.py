@@ -12,6 +12,7 @@
     metacog study serve|invite|export|simulate --items=items.jsonl --db=study.sqlite [--port=8000 | --n=40 | ...]
     metacog demo     --config=configs/demo.py[:quick] --workdir=runs/demo [--data_dir=../shared/data]
     metacog tune     --config=configs/demo.py --workdir=runs/tune --grid train.lr=3e-4,1e-3
+    metacog plan     --config=configs/multitask.py:model=llama3.1_8b --topology=v5e:4x4 [--json]
 
 `metacog COMMAND --help` lists a command's flags. Every model stage (all commands but report, gap and
 study) first runs the process start-up, metacog_jax.runtime.start_process (host allocator, compilation
@@ -26,9 +27,10 @@ import logging
 import sys
 from pathlib import Path
 
-COMMANDS = ("sample", "grade", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo", "tune")
+COMMANDS = ("sample", "grade", "targets", "train", "eval", "report", "export", "explain", "gap", "study", "demo", "tune",
+            "plan")
 # The commands that load an experiment config (--config); they are the model stages.
-CONFIG_COMMANDS = ("sample", "grade", "targets", "train", "eval", "export", "explain", "demo", "tune")
+CONFIG_COMMANDS = ("sample", "grade", "targets", "train", "eval", "export", "explain", "demo", "tune", "plan")
 DEFAULT_CONFIG = {"demo": "configs/demo.py"}
 
 _HELP = {
@@ -44,6 +46,7 @@ _HELP = {
     "study": "paper 2: serve the rating study, or export its responses",
     "demo": "every stage end to end on one config, resumable",
     "tune": "choose the answer instruction and training settings on a validation carve of train",
+    "plan": "compile the steps for a TPU slice ahead of time: memory and cost per chip (needs the tpu extra)",
 }
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -189,7 +192,48 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     tune.add_argument("--temperatures", default="", metavar="T1,T2",
                       help="sampling temperatures to compare by how well their targets track greedy correctness "
                            "(e.g. 1.0,0.7,0.5; default: keep the config's)")
+    plan = command("plan")
+    plan.add_argument("--config", metavar="FILE.py[:ARG]", default=None,
+                      help="the experiment config whose steps are compiled (model preset, mesh, batch sizes, "
+                           "LoRA or full); --config.FIELD=VALUE overrides one field; required")
+    plan.add_argument("--topology", required=True, metavar="GEN:AxB[xC]",
+                      help="the TPU slice, e.g. v5e:4x4, v5p:4x4x2, v6e:2x4, v4:2x2x2")
+    plan.add_argument("--steps", default=",".join(_plan_steps("default")),
+                      help=f"comma-separated, among {','.join(_plan_steps('all'))} (default: %(default)s)")
+    plan.add_argument("--prompt_len", type=int, default=256,
+                      help="prompt tokens for the sampler's and scorer's steps (default: %(default)s)")
+    plan.add_argument("--num_layers", type=int, default=None,
+                      help="compile this many layers instead of the model's (a quicker look)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
     return parser, subs
+
+
+def _plan_steps(which: str) -> tuple[str, ...]:
+    from metacog_jax import plan
+
+    return plan.DEFAULT_STEPS if which == "default" else plan.STEPS
+
+
+def _plan(args, spec, overrides) -> int:
+    """`metacog plan`: no process start-up (nothing runs, nothing joins a pod, no compilation cache)."""
+    from metacog_jax import plan as plan_lib
+
+    config = _config(spec, overrides, "plan")
+    steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if not args.json else None
+    try:
+        result = plan_lib.plan(config, args.topology, steps=steps, prompt_len=args.prompt_len,
+                               num_layers=args.num_layers, progress=log)
+    except plan_lib.MissingTpuExtra as e:
+        print(f"metacog plan: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        from metacog_jax.artifacts import json_ready
+
+        print(json.dumps(json_ready(result.to_json()), indent=1))
+    else:
+        print(plan_lib.format_plan(result))
+    return 0 if result.fits else 1
 
 
 def _config(spec, overrides, command):
@@ -249,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cmd, args, spec, overrides) -> int:
+    if cmd == "plan":
+        return _plan(args, spec, overrides)
     from metacog_jax import pipeline, runtime
 
     if cmd == "report":
@@ -351,10 +397,12 @@ def _run(cmd, args, spec, overrides) -> int:
                        instructions=not args.no_instructions, temperatures=temperatures)
         print(format_tune(out))
         return 0
+    from metacog_jax import multihost
     from metacog_jax.config_utils import save_config
 
     workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir / f"config.{cmd}.json")
+    if multihost.is_writer():  # one writer in a multi-host run
+        save_config(config, workdir / f"config.{cmd}.json")
     if cmd == "sample":
         for domain, text in pipeline.stage_sample(config, data_workdir).items():
             print(f"{domain}: {text}")

@@ -9,6 +9,10 @@
 <data> is the directory holding the base model's samples and targets (shared by every condition);
 <run> is one condition's directory. By default they are the same. Each stage resumes: sampling skips
 finished questions, training restarts from its last checkpoint, evaluation skips datasets already scored.
+
+Several processes (a multi-host run) run every stage together: sample, grade, eval and explain divide
+their model calls between them and process 0 writes the files (``metacog_jax.multihost``); targets is
+built by process 0 while the others wait; train shards its batches over the global mesh.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import jax
 
+from metacog_jax import multihost
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
 
@@ -72,7 +77,9 @@ def stage_sample(config, data_workdir: str | Path, model=None) -> dict:
     sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=config.sample.batch_size)
     grader = graders.make_grader(config, data_workdir, model=loaded)
     summaries = {}
-    for domain, questions in load_domain_questions(config, data_workdir).items():
+    # Process 0 loads (and may build TFDS files); every process gets the same questions.
+    domains = multihost.leader_value(lambda: load_domain_questions(config, data_workdir))
+    for domain, questions in domains.items():
         s = config.sample
         path = data_workdir / "samples" / f"{domain}.jsonl"
         summary = sample_questions(sampler, questions, path, k=s.k,
@@ -119,7 +126,7 @@ def stage_grade(config, data_workdir: str | Path, compare: tuple[str, str] | Non
                                                         progress=True)
         if (data_workdir / "targets").exists():
             out["targets"] = stage_targets(config, data_workdir)
-        artifacts.write_json(data_workdir / "grading" / "grade.json", out)
+        multihost.leader_value(lambda: artifacts.write_json(data_workdir / "grading" / "grade.json", out))
         return out
     a_settings, b_settings = (graders.settings_from_config(config, spec) for spec in compare)
     a = graders.make_grader(config, data_workdir, a_settings)
@@ -132,12 +139,20 @@ def stage_grade(config, data_workdir: str | Path, compare: tuple[str, str] | Non
         out["domains"][n] = graders.compare_graders(recs, questions, a, b, which=which, seed=config.seed,
                                                     progress=True)
     safe = lambda spec: "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in spec)
-    artifacts.write_json(data_workdir / "grading" / f"compare_{safe(compare[0])}_vs_{safe(compare[1])}.json", out)
+    path = data_workdir / "grading" / f"compare_{safe(compare[0])}_vs_{safe(compare[1])}.json"
+    multihost.leader_value(lambda: artifacts.write_json(path, out))
     return out
 
 
 def stage_targets(config, data_workdir: str | Path) -> dict:
-    """Consistency-bin targets and pairs from the cached samples (in-domain train split for training)."""
+    """Consistency-bin targets and pairs from the cached samples (in-domain train split for training).
+
+    One process builds them (the bins are fitted on the whole train split); with several processes the
+    others wait for it and return its summary."""
+    return multihost.leader_value(lambda: _build_targets(config, data_workdir))
+
+
+def _build_targets(config, data_workdir: str | Path) -> dict:
     from metacog_jax.data import targets as targets_lib
     from metacog_jax.experiment_config import domain_values
 

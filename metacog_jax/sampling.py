@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from metacog_jax import multihost
+from metacog_jax.data.prompts import render_chat
 from metacog_jax.models.decoder import Decoder, KVCache
 from metacog_jax.models.tokenizer import stop_token_ids
 
@@ -230,13 +232,19 @@ class Sampler:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0])
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        text = render_chat(self.tokenizer, messages, add_generation_prompt)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, key: jax.Array,
-                 seeds: Sequence[int] | None = None, progress: bool = False) -> Generation:
-        """Sample `params.num_samples` completions for each prompt (token id lists)."""
+                 seeds: Sequence[int] | None = None, progress: bool = False,
+                 sort_window: int | None = None) -> Generation:
+        """Sample `params.num_samples` completions for each prompt (token id lists).
+
+        Prompts are sorted by length within consecutive windows of `sort_window` prompts (None: all of
+        them) and batched `batch_size` at a time. With several processes (``metacog_jax.multihost``) every
+        process passes the same prompts: batch b is run by process b % process_count when each holds the
+        whole model, or by all together over their global mesh; every process returns every completion.
+        """
         if seeds is None:
             seeds = list(range(len(prompts)))
         if len(seeds) != len(prompts):
@@ -244,27 +252,43 @@ class Sampler:
         stop_ids = () if params.ignore_eos else (
             tuple(self.stop_ids) + tuple(self._single_token_stops(params.stop_strings)))
         graphdef, state = nnx.split(self.model)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: dict[int, list[Completion]] = {}
-        t0, done_tokens = time.perf_counter(), 0
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            chunk = [list(prompts[i]) for i in idx]
-            p = length_bucket(max(map(len, chunk)), self.min_bucket)
-            tokens, segments, positions = left_pad(chunk, p, self.batch_size, self.pad_id)
-            chunk_seeds = np.zeros((self.batch_size,), np.uint32)
-            chunk_seeds[:len(idx)] = np.asarray([seeds[i] for i in idx], np.int64) % (2 ** 32)
-            out_tok, out_lp, lengths = jax.device_get(_generate(
-                graphdef, state, tokens, segments, positions, chunk_seeds, key,
-                params=params, stop_ids=stop_ids, pad_id=self.pad_id))
-            k = params.num_samples
-            for j, i in enumerate(idx):
-                results[i] = [self._completion(out_tok[j * k + s], out_lp[j * k + s], int(lengths[j * k + s]),
-                                               params) for s in range(k)]
-                done_tokens += int(lengths[j * k:(j + 1) * k].sum())
-            if progress:
-                rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
-                log.info("generated %d/%d prompts, %.1f tokens/s", len(results), len(prompts), rate)
+        mesh = multihost.spanning_mesh(state)
+        window = sort_window or max(len(prompts), 1)
+        order = [i for w in range(0, len(prompts), window)
+                 for i in sorted(range(w, min(w + window, len(prompts))), key=lambda i: len(prompts[i]))]
+        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        if mesh is not None:  # every process runs every batch; the key is placed like the other inputs
+            key = key if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.key_data(key)
+            key = multihost.place([np.asarray(key)], mesh)[0]
+        divide = mesh is None and multihost.divided()
+
+        def run_batches() -> dict[int, list[Completion]]:
+            results: dict[int, list[Completion]] = {}
+            t0, done_tokens = time.perf_counter(), 0
+            for b, idx in enumerate(batches):
+                if divide and not multihost.owns(b):
+                    continue
+                chunk = [list(prompts[i]) for i in idx]
+                p = length_bucket(max(map(len, chunk)), self.min_bucket)
+                tokens, segments, positions = left_pad(chunk, p, self.batch_size, self.pad_id)
+                chunk_seeds = np.zeros((self.batch_size,), np.uint32)
+                chunk_seeds[:len(idx)] = np.asarray([seeds[i] for i in idx], np.int64) % (2 ** 32)
+                inputs = (tokens, segments, positions, chunk_seeds)
+                if mesh is not None:
+                    inputs = multihost.place(inputs, mesh)
+                out = _generate(graphdef, state, *inputs, key, params=params, stop_ids=stop_ids, pad_id=self.pad_id)
+                out_tok, out_lp, lengths = (multihost.to_host(x) for x in out)
+                k = params.num_samples
+                for j, i in enumerate(idx):
+                    results[i] = [self._completion(out_tok[j * k + s], out_lp[j * k + s], int(lengths[j * k + s]),
+                                                   params) for s in range(k)]
+                    done_tokens += int(lengths[j * k:(j + 1) * k].sum())
+                if progress:
+                    rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
+                    log.info("generated %d/%d prompts, %.1f tokens/s", len(results), len(prompts), rate)
+            return results
+
+        results = multihost.merge_shares(run_batches) if divide else run_batches()
         return Generation([results[i] for i in range(len(prompts))])
 
     def _single_token_stops(self, stop_strings):

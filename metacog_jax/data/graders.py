@@ -223,11 +223,14 @@ def regrade_samples(path: str | os.PathLike[str], questions: Mapping[str, Questi
       A summary: questions, answers graded, greedy and modal accuracy before and after, how many greedy
       and sample grades changed, and :func:`decided_by` after.
     """
+    from metacog_jax import multihost
     from metacog_jax.artifacts import write_jsonl
     from metacog_jax.data.self_consistency import read_samples
 
     path = Path(path)
-    records = read_samples(path)
+    # Several processes: all grade from process 0's reading (the judge's model calls are divided between
+    # them by its sampler; the rules are cheap host work done alike on each) and process 0 writes.
+    records = multihost.leader_value(lambda: read_samples(path))
     fingerprint = grader.settings.fingerprint()
     summary: dict[str, Any] = {"path": str(path), "questions": len(records), "grading": grader.settings.name()}
     if all(r.get("grading") == fingerprint for r in records):
@@ -253,7 +256,7 @@ def regrade_samples(path: str | os.PathLike[str], questions: Mapping[str, Questi
         samples_changed=sum(s["correct"] != t["correct"] for a, b in zip(records, new)
                             for s, t in zip(a["samples"], b["samples"])),
         decided_by=decided_by(new))
-    write_jsonl(path, new)
+    multihost.leader_value(lambda: write_jsonl(path, new))
     return summary
 
 

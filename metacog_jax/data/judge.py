@@ -104,10 +104,14 @@ class VerdictCache:
     def __init__(self, path: str | os.PathLike[str] | None):
         self.path = None if path is None else Path(path)
         self._verdicts: dict[str, bool | None] = {}
-        if self.path is not None and self.path.exists():
-            self._load()
+        if self.path is not None:
+            from metacog_jax import multihost
 
-    def _load(self) -> None:
+            # Several processes: process 0 reads (and repairs) the file and hands every process its verdicts.
+            self._verdicts = multihost.leader_value(lambda: self._load() if self.path.exists() else {})
+
+    def _load(self) -> dict[str, bool | None]:
+        verdicts: dict[str, bool | None] = {}
         data = self.path.read_bytes()
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
@@ -126,7 +130,8 @@ class VerdictCache:
             if not isinstance(key, str) or not (verdict is None or isinstance(verdict, bool)):
                 raise ValueError(f"{self.path}:{line_no}: 'key' must be a string and 'verdict' true, false "
                                  "or null")
-            self._verdicts[key] = verdict
+            verdicts[key] = verdict
+        return verdicts
 
     def __contains__(self, key: str) -> bool:
         return key in self._verdicts
@@ -139,9 +144,11 @@ class VerdictCache:
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         """Records ``rows`` (each with ``key`` and ``verdict``), one fsynced append for all of them."""
+        from metacog_jax import multihost
+
         for row in rows:
             self._verdicts[row["key"]] = row["verdict"]
-        if self.path is None or not rows:
+        if self.path is None or not rows or not multihost.is_writer():  # one writer among processes
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:

@@ -13,6 +13,8 @@ The cache is one JSON line per question, appended after every chunk and fsynced,
 at most one chunk. A resumed run skips finished ids and draws exactly the samples an uninterrupted run
 would have: each question's sampling seed is a stable hash of ``(seed, question id)`` (SHA-256, not
 Python's ``hash()``), and the sampler's randomness does not depend on which other prompts share a batch.
+With several processes (``metacog_jax.multihost``) each takes its share of every round of chunks and
+process 0 alone reads the file to resume and appends each round, in the order one process would.
 
 Line format (``workdir/samples/<domain>.jsonl``)::
 
@@ -26,6 +28,7 @@ Line format (``workdir/samples/<domain>.jsonl``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -278,6 +281,7 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
     """
     import jax  # deferred so that reading sample files does not import jax
 
+    from metacog_jax import multihost
     from metacog_jax.sampling import SamplingParams
 
     if k < 1:
@@ -298,18 +302,21 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
     if instruction is not None and prompts.answer_instruction(instruction) != prompts.ANSWER_INSTRUCTION:
         settings["instruction"] = prompts.answer_instruction(instruction)  # a cache of another wording is refused
 
-    existing: list[dict[str, Any]] = []
-    if out_path.exists():
-        existing, complete = _read_lines(out_path, allow_truncated=True)
-        if complete < out_path.stat().st_size:
-            with out_path.open("r+b") as f:
-                f.truncate(complete)
-                f.flush()
-                os.fsync(f.fileno())
-        _check_settings(existing, settings, out_path)
-    done = {r["id"] for r in existing}
+    def resume_point() -> set[str]:  # process 0 reads (and repairs) the file; every process gets its ids
+        existing: list[dict[str, Any]] = []
+        if out_path.exists():
+            existing, complete = _read_lines(out_path, allow_truncated=True)
+            if complete < out_path.stat().st_size:
+                with out_path.open("r+b") as f:
+                    f.truncate(complete)
+                    f.flush()
+                    os.fsync(f.fileno())
+            _check_settings(existing, settings, out_path)
+        _merge_questions(questions_path, questions)
+        return {r["id"] for r in existing}
+
+    done = multihost.leader_value(resume_point)
     todo = [q for q in questions if q.id not in done]
-    _merge_questions(questions_path, questions)
 
     grader = grader or graders.Grader()
     tokenizer = sampler.tokenizer
@@ -319,51 +326,60 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                                    num_samples=k + 1 if greedy else k, greedy_first=greedy)
     key = jax.random.PRNGKey(seed)
     chunk_size = chunk_size or sampler.batch_size
+    # With several processes a round holds one chunk per process (the chunks a one-process run makes, each
+    # batched as there: sort_window), the sampler runs chunk j on process j % count, and process 0 appends
+    # the round's lines in question order: the file is the one-process file.
+    round_size = chunk_size * jax.process_count()
+    writer = multihost.is_writer()
     t0, tokens = time.perf_counter(), 0
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc=f"sampling {out_path.stem}", unit="q", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"sampling {out_path.stem}", unit="q", disable=not progress or not writer)
     try:
-        with out_path.open("a", encoding="utf-8") as f:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start:start + chunk_size]
+        with out_path.open("a", encoding="utf-8") if writer else contextlib.nullcontext() as f:
+            for start in range(0, len(todo), round_size):
+                chunk = todo[start:start + round_size]
                 prompt_ids = [tokenizer.encode(prompts.answer_prompt(tokenizer, q, instruction),
                                                add_special_tokens=False) for q in chunk]
                 seeds = [question_seed(seed, q.id) for q in chunk]
-                gen = sampler.generate(prompt_ids, sample_params, key, seeds=seeds)
+                gen = sampler.generate(prompt_ids, sample_params, key, seeds=seeds, sort_window=chunk_size)
                 tokens += sum(len(c.token_ids) for row in gen.completions for c in row)
                 if greedy:
                     greedy_texts = [row[0].text for row in gen.completions]
                     rows = [row[1:] for row in gen.completions]
                 else:
                     greedy_texts, rows = [None] * len(chunk), gen.completions
-                # One grading call per chunk, so a judge sees the whole chunk's answers in one batch.
+                # One grading call per round, so a judge sees the whole round's answers in one batch.
                 graded = graders.grade_lines(grader, [(q, [c.text for c in row], greedy_text)
                                                       for q, row, greedy_text in zip(chunk, rows, greedy_texts)])
                 lines = [json.dumps({"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind, **fields,
                                      **settings}, ensure_ascii=False) + "\n" for q, fields in zip(chunk, graded)]
-                # One write per chunk, then fsync: a kill leaves complete lines plus at most one fragment.
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
+                if writer:  # one write per round, then fsync: a kill leaves complete lines plus one fragment
+                    f.write("".join(lines))
+                    f.flush()
+                    os.fsync(f.fileno())
                 bar.update(len(chunk))
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    final = read_samples(out_path)
-    n = max(len(final), 1)
-    with_greedy = [r for r in final if r["greedy"] is not None]
-    summary = SampleSummary(
-        path=str(out_path), questions_path=str(questions_path), n_questions=len(questions),
-        n_resumed=len(questions) - len(todo), n_sampled=len(todo), n_records=len(final),
-        n_unparseable_samples=sum(s["answer"] is None for r in final for s in r["samples"]),
-        n_no_modal_answer=sum(r["modal_answer"] is None for r in final),
-        mean_consistency=sum(r["consistency"] for r in final) / n,
-        modal_accuracy=sum(r["modal_correct"] for r in final) / n,
-        greedy_accuracy=(sum(r["greedy"]["correct"] for r in with_greedy) / len(with_greedy)
-                         if with_greedy else None),
-        seconds=seconds, tokens_generated=tokens)
+
+    def summarize() -> SampleSummary:  # after process 0's last write; every process gets its summary
+        final = read_samples(out_path)
+        n = max(len(final), 1)
+        with_greedy = [r for r in final if r["greedy"] is not None]
+        return SampleSummary(
+            path=str(out_path), questions_path=str(questions_path), n_questions=len(questions),
+            n_resumed=len(questions) - len(todo), n_sampled=len(todo), n_records=len(final),
+            n_unparseable_samples=sum(s["answer"] is None for r in final for s in r["samples"]),
+            n_no_modal_answer=sum(r["modal_answer"] is None for r in final),
+            mean_consistency=sum(r["consistency"] for r in final) / n,
+            modal_accuracy=sum(r["modal_correct"] for r in final) / n,
+            greedy_accuracy=(sum(r["greedy"]["correct"] for r in with_greedy) / len(with_greedy)
+                             if with_greedy else None),
+            seconds=seconds, tokens_generated=tokens)
+
+    summary = multihost.leader_value(summarize)
     if todo:
         log.info("sampled %d questions in %.1fs (%.1f questions/s, %.0f tokens/s)", len(todo), seconds,
                  len(todo) / max(seconds, 1e-9), tokens / max(seconds, 1e-9))

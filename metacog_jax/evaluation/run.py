@@ -24,6 +24,10 @@ Files (written atomically, metrics.json last, so its presence means the stage fi
 
 With resume=True a dataset whose files exist with the same fingerprint (settings, question ids, greedy
 answers and grades, consistencies, `tag`) is read back instead of scored again.
+
+With several processes every one calls :func:`evaluate` with the same inputs: the scorer and sampler divide
+their batches between them (``metacog_jax.multihost``), every process computes the same metrics from the
+gathered scores, and process 0 alone reads the files to resume from and writes the outputs.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from metacog_jax import artifacts
+from metacog_jax import artifacts, multihost
 from metacog_jax.data import pairs as pairs_lib
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
@@ -260,27 +264,44 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         fingerprint = _fingerprint(questions, items, scale, n_pairs=pairs_of[name], seed=seed, n_resamples=n_resamples,
                                    verbalized=verbalized, tag=tag, layout=EVAL_LAYOUT)
         done_path = out_dir / f"{name}.metrics.json"
-        if resume and done_path.is_file() and (out_dir / f"{name}.jsonl").is_file():
-            done = json.loads(done_path.read_text(encoding="utf-8"))
-            if done.get("fingerprint") == fingerprint and done.get("entry", {}).get("role") == role:
+        if resume:
+            reused = multihost.leader_value(lambda: _finished_entry(out_dir, name, fingerprint, role))
+            if reused is not None:
                 log.info("eval %s: already scored with the same inputs, reusing %s", name, done_path)
-                result["datasets"][name] = done["entry"]
+                result["datasets"][name] = reused
                 continue
         t0 = time.perf_counter()
         entry, rows = _evaluate_dataset(model, tokenizer, name, role, questions, items, scale, pair_set,
                                         n_pairs=pairs_of[name], seed=seed, batch_size=batch_size, n_resamples=n_resamples,
                                         verbalized=verbalized, sampler=sampler, mesh=mesh,
                                         max_new_tokens=verbalized_max_new_tokens, progress=progress)
-        artifacts.write_jsonl(out_dir / f"{name}.jsonl", rows)
         entry["seconds"] = time.perf_counter() - t0
         entry = artifacts.json_ready(entry)
-        artifacts.write_json(done_path, {"fingerprint": fingerprint, "entry": entry}, indent=None)
+
+        def write_dataset(name=name, rows=rows, entry=entry, done_path=done_path, fingerprint=fingerprint):
+            artifacts.write_jsonl(out_dir / f"{name}.jsonl", rows)
+            artifacts.write_json(done_path, {"fingerprint": fingerprint, "entry": entry}, indent=None)
+            return entry
+
+        # Every process scored its share and holds every row; process 0 writes (its entry is everyone's).
+        entry = multihost.leader_value(write_dataset)
         result["datasets"][name] = entry
         log.info("eval %s: %d items, %d pairs, %.1fs", name, len(questions), entry["pairwise"]["n"],
                  entry["seconds"])
     result = artifacts.json_ready(result)
-    artifacts.write_json(out_dir / "metrics.json", result)
+    multihost.leader_value(lambda: artifacts.write_json(out_dir / "metrics.json", result))
     return result
+
+
+def _finished_entry(out_dir: Path, name: str, fingerprint: str, role: str) -> dict[str, Any] | None:
+    """The entry of a dataset already scored with the same inputs (both its files present), else None."""
+    done_path = out_dir / f"{name}.metrics.json"
+    if not (done_path.is_file() and (out_dir / f"{name}.jsonl").is_file()):
+        return None
+    done = json.loads(done_path.read_text(encoding="utf-8"))
+    if done.get("fingerprint") == fingerprint and done.get("entry", {}).get("role") == role:
+        return done["entry"]
+    return None
 
 
 def _fingerprint(questions, items, scale, **settings) -> str:

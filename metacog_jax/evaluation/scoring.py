@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
+from metacog_jax import multihost
 from metacog_jax.data import prompts
 from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.data.prompts import ConfidenceScale, TemplateError
@@ -241,7 +241,9 @@ def label_logprobs(model, prefixes: Sequence[Sequence[int]], label_ids: Sequence
       mesh: optional mesh; batches are then placed sharded over its ``data`` x ``fsdp`` axes
         (batch_size must divide evenly by that and by the process count). Every process passes the same
         prefixes (same program on every host); results are gathered to each host. The model's state
-        keeps whatever sharding it has.
+        keeps whatever sharding it has. Without a mesh, a model sharded over several processes is run
+        the same way over its own mesh; with local replicas on several processes, batch b is run by
+        process b % process_count alone and the rows are gathered (``metacog_jax.multihost``).
       min_bucket: smallest padded length; lengths are powers of two above it.
       progress: log a line with the rate after each batch.
 
@@ -265,46 +267,47 @@ def label_logprobs(model, prefixes: Sequence[Sequence[int]], label_ids: Sequence
         from metacog_jax.sharding import check_batch_divisible
 
         check_batch_divisible(batch_size, mesh)
-        row_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
-        len_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     graphdef, state = nnx.split(model)
-    out = np.zeros((len(prefixes), len(label_ids)), np.float64)
+    # A model sharded over processes: every process runs every batch (rows over its data x fsdp axes).
+    placed_on = mesh if mesh is not None else multihost.spanning_mesh(state)
+    divide = placed_on is None and multihost.divided()  # local replicas: batch b on process b % count
+    if placed_on is not None:  # the trie's arrays too, whole on every device of the mesh
+        consts = tuple(multihost.place([np.asarray(a) for a in consts], placed_on, rows=False))
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
-    t0 = time.perf_counter()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        length = length_bucket(max(len(prefixes[i]) for i in idx) + m, min_bucket, per_octave=BUCKETS_PER_OCTAVE)
-        tokens = np.full((batch_size, length), pad_id, np.int32)
-        prefix_len = np.ones((batch_size,), np.int32)  # filler rows: a one-token prefix of padding
-        for r, i in enumerate(idx):
-            p = len(prefixes[i])
-            tokens[r, :p] = prefixes[i]
-            prefix_len[r] = p
-        for r in range(batch_size):
-            tokens[r, prefix_len[r]:prefix_len[r] + m] = trie.node_tokens
-        tok_arg, len_arg = (_place(tokens, row_sharding), _place(prefix_len, len_sharding)) \
-            if mesh is not None else (tokens, prefix_len)
-        lp = _to_host(_label_logprobs(graphdef, state, tok_arg, len_arg, *consts))
-        out[idx] = lp[:len(idx)]
-        if progress:
-            done = min(start + batch_size, len(order))
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            log.info("scored %d/%d prefixes (%.1f/s, ETA %.0fs)", done, len(order), rate,
-                     (len(order) - done) / max(rate, 1e-9))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def run_batches() -> dict[int, np.ndarray]:
+        rows: dict[int, np.ndarray] = {}
+        t0 = time.perf_counter()
+        for b, idx in enumerate(batches):
+            if divide and not multihost.owns(b):
+                continue
+            length = length_bucket(max(len(prefixes[i]) for i in idx) + m, min_bucket,
+                                   per_octave=BUCKETS_PER_OCTAVE)
+            tokens = np.full((batch_size, length), pad_id, np.int32)
+            prefix_len = np.ones((batch_size,), np.int32)  # filler rows: a one-token prefix of padding
+            for r, i in enumerate(idx):
+                p = len(prefixes[i])
+                tokens[r, :p] = prefixes[i]
+                prefix_len[r] = p
+            for r in range(batch_size):
+                tokens[r, prefix_len[r]:prefix_len[r] + m] = trie.node_tokens
+            tok_arg, len_arg = multihost.place((tokens, prefix_len), placed_on) if placed_on is not None \
+                else (tokens, prefix_len)
+            lp = multihost.to_host(_label_logprobs(graphdef, state, tok_arg, len_arg, *consts))
+            rows.update(zip(idx, lp[:len(idx)]))
+            if progress:
+                done = sum(len(batches[j]) for j in range(b + 1) if not divide or multihost.owns(j))
+                total = sum(len(batches[j]) for j in range(len(batches)) if not divide or multihost.owns(j))
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                log.info("scored %d/%d prefixes (%.1f/s, ETA %.0fs)", done, total, rate,
+                         (total - done) / max(rate, 1e-9))
+        return rows
+
+    out = np.zeros((len(prefixes), len(label_ids)), np.float64)
+    for i, row in (multihost.merge_shares(run_batches) if divide else run_batches()).items():
+        out[i] = row
     return out
-
-
-def _place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A global array from the full host copy every process holds (works with one or many processes)."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:  # multi-host: gather every process's rows
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
 
 
 def _renormalize(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from metacog_jax import artifacts
+from metacog_jax import artifacts, multihost
 from metacog_jax.data.grading import grade, is_correct
 from metacog_jax.data.records import Question
 from metacog_jax.perception import explanations as expl
@@ -146,9 +146,12 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
     workdir = Path(workdir)
     out_dir = workdir / "explain"
     pool_n = max(int(e.pool_size), n)
-    questions = load_questions(domain, config.data.manual_dir or None, tfds_dir_for(config, workdir), "test", n=pool_n,
-                               seed=config.seed, test_fraction=config.data.test_fraction,
-                               levels=tuple(config.data.procedural_levels), custom=config.data.get("custom"))
+    # Several processes: process 0 loads (and may build TFDS files), every process gets the same pool; the
+    # model calls below divide their batches between the processes and process 0 writes the files.
+    questions = multihost.leader_value(lambda: load_questions(
+        domain, config.data.manual_dir or None, tfds_dir_for(config, workdir), "test", n=pool_n, seed=config.seed,
+        test_fraction=config.data.test_fraction, levels=tuple(config.data.procedural_levels),
+        custom=config.data.get("custom")))
     if not questions:
         raise ValueError(f"domain {domain!r} has no test-split questions")
     log.info("explain: %d %s test questions in the pool; loading %s", len(questions), domain, config.model.name)
@@ -201,7 +204,7 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         details.append(dict(item_id=q.id, method=item["method"], gold=list(q.answers),
                             normalized=item["normalized"], **item["details"]))
     items_path = out_dir / "items.jsonl"
-    _write_items_atomic(items_path, records)
+    multihost.leader_value(lambda: _write_items_atomic(items_path, records))
 
     n_bins = int(e.n_bins)
     pool_bins = collections.Counter(expl.confidence_bin(p["model_confidence"], n_bins) for p in pool)
@@ -225,6 +228,6 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         seconds=dict(confidence=round(t_conf, 2), explanations=round(t_gen, 2),
                      total=round(time.perf_counter() - t0, 2)),
     )
-    artifacts.write_json(out_dir / "summary.json", summary)
+    multihost.leader_value(lambda: artifacts.write_json(out_dir / "summary.json", summary))
     log.info("explain: wrote %d items to %s in %.1fs", len(records), items_path, time.perf_counter() - t0)
     return items_path
