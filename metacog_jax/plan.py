@@ -9,8 +9,8 @@ sharded over the config's mesh with its logical-axis rules (``metacog_jax.shardi
 
 * ``train``: the trainer's own jitted step (``trainer.jit_train_step``: optimizer from the config, LoRA or
   full, the same shardings and donation as a run);
-* ``prefill`` / ``decode``: the two halves of the sampler's compiled generation
-  (``sampling._generate``): the prompt pass that fills the KV cache and shares it between the K samples,
+* ``prefill`` / ``decode``: the two halves of the sampler's compiled generation (``sampling.prefill`` and
+  ``sampling.decode_step``, which ``sampling._generate`` runs): the prompt pass that fills the KV cache and shares it between the K samples,
   and one sampled token for every row against that cache (the body of its decode loop);
 * ``score``: the evaluation's one-pass confidence scorer (``evaluation.scoring._label_logprobs``);
 * ``generate`` (on request): ``sampling._generate`` itself, prefill and the whole decode loop.
@@ -292,29 +292,24 @@ def _base_state(config, arch, mesh):
 
 
 def _prefill(graphdef, state, tokens, segments, positions, *, samples: int, new_tokens: int):
-    """The prompt half of sampling._generate: fill the KV cache, logits at the last prompt position, the
-    cache shared by the `samples` continuations of each prompt."""
-    from flax import nnx
-
-    from metacog_jax.models.decoder import KVCache
-
-    model = nnx.merge(graphdef, state)
-    b, p = tokens.shape
-    cache = KVCache.init(model.config, b, p, model.dtype)
-    hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
-    return model.logits(hidden[:, -1]), cache.share_prefix(samples, new_tokens)
-
-
-def _decode_step(graphdef, state, cache, tokens, positions, keys):
-    """One token of sampling._generate's decode loop for every row: the model on the cache, logits, a
-    draw from them (sampling.sample_inverse_cdf)."""
+    """The sampler's own prompt half (sampling.prefill): fill the KV cache, logits at the last prompt
+    position, the cache shared by the `samples` continuations of each prompt."""
     from flax import nnx
 
     from metacog_jax import sampling
 
-    model = nnx.merge(graphdef, state)
-    hidden, cache = model(tokens[:, None], positions[:, None], cache=cache, return_hidden=True)
-    return sampling.sample_inverse_cdf(model.logits(hidden[:, -1]), keys), cache
+    return sampling.prefill(nnx.merge(graphdef, state), tokens, segments, positions, samples, new_tokens)
+
+
+def _decode_step(graphdef, state, cache, tokens, positions, keys):
+    """One token of the sampler's decode loop for every row (sampling.decode_step): the model on the
+    cache, logits, a draw from them (sampling.sample_inverse_cdf)."""
+    from flax import nnx
+
+    from metacog_jax import sampling
+
+    logits, cache = sampling.decode_step(nnx.merge(graphdef, state), cache, tokens, positions)
+    return sampling.sample_inverse_cdf(logits, keys), cache
 
 
 def _cache_shardings(cache, mesh, rules):

@@ -141,20 +141,31 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: i
     return tokens, segments, positions
 
 
+def prefill(model: Decoder, tokens, segments, positions, samples: int, new_tokens: int):
+    """The prompt half of generation: the prompts [B, P] through the model into a fresh KV cache, which the
+    `samples` continuations of each prompt then share (stored and read once per prompt; each continuation
+    row gets `new_tokens` slots of its own). Returns (logits at each prompt's last position [B, V], cache)."""
+    b, p = tokens.shape
+    cache = KVCache.init(model.config, b, p, model.dtype)
+    hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
+    return model.logits(hidden[:, -1]), cache.share_prefix(samples, new_tokens)
+
+
+def decode_step(model: Decoder, cache: KVCache, tokens, positions):
+    """One token per row [R] at positions [R] against the cache: (next logits [R, V], the cache)."""
+    hidden, cache = model(tokens[:, None], positions[:, None], cache=cache, return_hidden=True)
+    return model.logits(hidden[:, -1]), cache
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "params", "stop_ids", "pad_id"))
 def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, params: SamplingParams,
               stop_ids: tuple[int, ...], pad_id: int):
     """Prefill + decode. tokens/segments/positions [B, P]; seeds [B]. Returns token ids [B*K, N],
     log-probs [B*K, N] and the number of tokens generated per row [B*K] (up to and incl. a stop token)."""
     model = nnx.merge(graphdef, state)
-    b, p = tokens.shape
+    b = tokens.shape[0]
     k, n = params.num_samples, params.max_new_tokens
-    cache = KVCache.init(model.config, b, p, model.dtype)
-    hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
-    logits = model.logits(hidden[:, -1])
-    # The K samples of a prompt share its prefilled keys/values (stored and read once per prompt); each
-    # sample row gets n slots of its own for the tokens it generates.
-    cache = cache.share_prefix(k, n)
+    logits, cache = prefill(model, tokens, segments, positions, k, n)
     logits = jnp.repeat(logits, k, axis=0)
     next_pos = jnp.repeat(positions[:, -1] + 1, k)
     sample_index = jnp.tile(jnp.arange(k), b)
@@ -197,8 +208,8 @@ def _generate(graphdef, state, tokens, segments, positions, seeds, key, *, param
         out_lp = out_lp.at[:, step].set(jnp.where(done, 0.0, lp))
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(tok, stop)
-        hidden, cache = model(tok[:, None], pos[:, None], cache=cache, return_hidden=True)
-        return step + 1, cache, model.logits(hidden[:, -1]), out_tok, out_lp, lengths, done, pos + 1
+        logits, cache = decode_step(model, cache, tok, pos)
+        return step + 1, cache, logits, out_tok, out_lp, lengths, done, pos + 1
 
     rows = b * k
     carry = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((rows, n), pad, jnp.int32),
