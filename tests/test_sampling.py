@@ -18,12 +18,28 @@ def sampler(tiny_model, smol_tokenizer):
     return Sampler(tiny_model, smol_tokenizer, batch_size=4)
 
 
+REFERENCE_LENGTH = 32  # every prompt + its continuation fits
+
+
 def slow_greedy(model, prompt, n, stop_ids):
-    """Reference: full forward over the growing sequence, no cache."""
+    """Reference: a full forward over the growing sequence, no cache. The sequence is right-padded to
+    REFERENCE_LENGTH so that one compiled forward serves every step (causal attention: the padding after
+    the last token changes nothing before it)."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    assert len(prompt) + n <= REFERENCE_LENGTH
+
+    @jax.jit
+    def last_logits(state, tokens, length):
+        seg = (jnp.arange(REFERENCE_LENGTH) < length).astype(jnp.int32)[None]
+        logits, _ = nnx.merge(graphdef, state)(tokens, jnp.arange(REFERENCE_LENGTH)[None], segment_ids=seg)
+        return logits[0, length - 1]
+
     out = list(prompt)
     for _ in range(n):
-        logits, _ = model(jnp.asarray([out]), jnp.arange(len(out))[None])
-        tok = int(jnp.argmax(logits[0, -1]))
+        padded = jnp.asarray([out + [0] * (REFERENCE_LENGTH - len(out))], jnp.int32)
+        tok = int(jnp.argmax(last_logits(state, padded, len(out))))
         if tok in stop_ids:
             break
         out.append(tok)
