@@ -6,8 +6,10 @@ model's compile holds several GB of host memory; a row that runs past --timeout 
 and reads from the plan: whether it fits the chip's HBM, GiB per chip, the estimated MFU and the compile
 time. Settings per row: configs/multitask.py with the row's model preset and the preset's mesh, bfloat16
 compute; LoRA rows keep the base in bfloat16 (rank 8 on all seven projections), full rows keep float32
-master weights and Adam moments; the global batch is 32 x 512 tokens (LoRA) or 16 x 512 (full), the
-issue's targets.
+master weights and Adam moments; layers scanned (model.scan_layers) and rematerialized (train.remat=full:
+each layer keeps only its input for the backward pass); the global batch is 32 x 512 tokens (LoRA) or
+16 x 512 (full), the issue's targets. A scanned step's FLOPs, bytes and collectives are extrapolated from
+the same step compiled unscanned at 1 and 2 layers (XLA counts a loop body once).
 
     Estimated MFU = model FLOPs per step / (chips x peak bf16 FLOP/s x estimated step time)
     model FLOPs   = 6 N tokens (full) or 4 N tokens + 6 N_LoRA tokens (LoRA)
@@ -50,9 +52,11 @@ class Row:
     lora: bool
     batch: int
     seq_len: int = 512
+    remat: str = "full"
 
     def overrides(self) -> list[str]:
         out = ["model.dtype=bfloat16", f"model.param_dtype={'bfloat16' if self.lora else 'float32'}",
+               "model.scan_layers=True", f"train.remat={self.remat}",
                f"train.batch_size={self.batch}", f"train.max_len={self.seq_len}"]
         if not self.lora:
             out.append("train.lora.rank=0")
@@ -113,6 +117,7 @@ def table(results: list[dict]) -> str:
             continue
         s = p["steps"][0]
         fits = "yes" if s["fits"] else f"no (+{s['over_bytes'] / 2**30:.1f})"
+        shape = f"{row['batch']} x {row['seq_len']} ({row.get('remat', 'none')} remat)"
         mesh = p["mesh"]
         lines.append(f"| {row['name']} | {row['topology']} | {fits} | {s['total_bytes'] / 2**30:.1f} / "
                      f"{s['hbm_bytes'] / 2**30:.1f} | {s['mfu']:.0%} | {s['step_s'] * 1e3:.0f} ms ({s['bound']}) | "

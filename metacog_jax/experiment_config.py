@@ -62,6 +62,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype
     c.model.param_dtype = "float32"  # master weights
     c.model.random = tiny_model_fields()  # used when name == "random"
+    # Stack the layers and run them with jax.lax.scan: one layer's code in each compiled step instead of L
+    # copies (compile time flat in depth: what 32-80 layer models on a pod want). The same function; LoRA
+    # must then target the same projections in every layer. Checkpoints convert between the layouts.
+    c.model.scan_layers = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); one axis may be -1

@@ -156,7 +156,12 @@ def model_architecture(config, num_layers: int | None = None):
         raise ValueError(f"config model.name={m.name!r} (model.preset={m.preset!r}): its architecture is not "
                          f"known offline; use a preset from metacog_jax/models/architectures.py "
                          f"({', '.join(ARCHITECTURES)}) or a local Hugging Face directory")
-    return arch.replace(num_layers=int(num_layers)) if num_layers else arch
+    return with_layers(arch, num_layers) if num_layers else arch
+
+
+def with_layers(arch, num_layers: int):
+    """The architecture cut to its first `num_layers` layers (their layer types with them)."""
+    return arch.replace(num_layers=int(num_layers), layer_types=arch.layer_types[:int(num_layers)])
 
 
 def abstract_model(config, arch, lora: bool):
@@ -170,7 +175,8 @@ def abstract_model(config, arch, lora: bool):
     lo = config.train.lora
 
     def build():
-        model = decoder.Decoder(arch, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(config.seed))
+        model = decoder.Decoder(arch, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(config.seed),
+                                scan_layers=bool(config.model.get("scan_layers", False)))
         if lora:
             lora_lib.apply_lora(model, lo.targets, lo.rank, lo.alpha, lo.dropout, seed=config.seed)
         return model
@@ -319,7 +325,8 @@ def _cache_shardings(cache, mesh, rules):
 
     from metacog_jax import sharding as sharding_lib
 
-    names = {4: ("batch", "kv_heads", "length", "kv"), 2: ("batch", "length"), 0: ()}
+    names = {5: ("layers", "batch", "kv_heads", "length", "kv"), 4: ("batch", "kv_heads", "length", "kv"),
+             2: ("batch", "length"), 0: ()}
 
     def one(leaf):
         spec = sharding_lib.logical_to_mesh_spec(names[leaf.ndim], rules, leaf.shape, mesh, name="kv cache")
@@ -451,10 +458,13 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     reduce-scatter its unscattered input), twice for an all-reduce (reduce-scatter + all-gather): a ring
     algorithm's traffic with (n - 1) / n taken as 1. Collectives fused on TPU (a fusion calling
     ``%all-reduce-scatter`` and the like) count by the computation they call; ``-done`` halves of async
-    pairs are skipped. A collective inside a loop body counts once.
+    pairs are skipped. A collective inside a loop body counts once, and so does one that XLA:TPU splits over
+    several async collective fusions (each fusion holds an instruction with the collective's ``channel_id``;
+    the pieces move one collective's bytes between them).
     """
     sizes: dict[str, int] = {}
     found: list[tuple[str, str, str]] = []
+    channels: set[str] = set()
     for line in hlo_text.splitlines():
         match = _INSTRUCTION.match(line)
         if not match:
@@ -474,6 +484,11 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
                 if kind == "all-reduce" and "scatter" in called.group(1):
                     kind = "reduce-scatter"
         if kind is not None:
+            channel = re.search(r"\bchannel_id=(\d+)", rest)
+            if channel:
+                if channel.group(1) in channels:
+                    continue
+                channels.add(channel.group(1))
             found.append((kind, result, rest.split(")", 1)[0]))
     out = {kind: 0 for kind in _COLLECTIVES}
     for kind, result, operands in found:
@@ -584,8 +599,25 @@ def _advice(spec: StepSpec, plan: dict, config, mesh) -> list[str]:
     return out
 
 
-def compile_step(spec: StepSpec, chip: TpuChip, mesh, config) -> StepPlan:
-    """Lower and compile one step for the mesh's devices and read its memory and cost."""
+def _costs(compiled) -> tuple[float, float, dict[str, int]]:
+    """(FLOPs, HBM bytes accessed, collective bytes by kind) per chip of a compiled step, as XLA counts."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)), collective_bytes(compiled.as_text())
+
+
+def layer_extrapolated_costs(one, two, num_layers: int):
+    """A step's costs at `num_layers` from its costs at 1 and 2 (unscanned) layers: c1 + (L - 1)(c2 - c1).
+    XLA's cost analysis counts a while loop's body once, so a scanned model's own counts miss L - 1 layers."""
+    grow = lambda a, b: a + (num_layers - 1) * (b - a)
+    coll = {k: int(grow(one[2].get(k, 0), two[2].get(k, 0))) for k in set(one[2]) | set(two[2])}
+    return grow(one[0], two[0]), grow(one[1], two[1]), coll
+
+
+def compile_step(spec: StepSpec, chip: TpuChip, mesh, config, cost_specs=None, num_layers: int = 0) -> StepPlan:
+    """Lower and compile one step for the mesh's devices and read its memory and cost. `cost_specs`: the
+    same step at 1 and 2 unscanned layers (for a scanned model: its FLOPs, bytes and collectives are
+    extrapolated from theirs to `num_layers`; memory and compile time stay the scanned step's own)."""
     t0 = time.perf_counter()
     lowered = spec.fn.lower(*spec.args, **spec.kwargs)
     compiled = lowered.compile()
@@ -593,15 +625,16 @@ def compile_step(spec: StepSpec, chip: TpuChip, mesh, config) -> StepPlan:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, accessed, coll = _costs(compiled)
+    if cost_specs:
+        small = [_costs(s.fn.lower(*s.args, **s.kwargs).compile()) for s in cost_specs]
+        flops, accessed, coll = layer_extrapolated_costs(*small, num_layers)
     chips = mesh.devices.size
     params = per_device_bytes(spec.params)
     opt = per_device_bytes(spec.optimizer) if spec.optimizer is not None else 0
     argument = int(mem.argument_size_in_bytes)
     output = int(mem.output_size_in_bytes) - int(mem.alias_size_in_bytes)
     total = argument + output + int(mem.temp_size_in_bytes) + int(mem.generated_code_size_in_bytes)
-    coll = collective_bytes(compiled.as_text())
-    flops = float(cost.get("flops", 0.0))
-    accessed = float(cost.get("bytes accessed", 0.0))
     roof = _roofline(chip, flops, accessed, sum(coll.values()))
     plan = dict(step=spec.name, shape=spec.shape, compile_s=compile_s, params_bytes=params, optimizer_bytes=opt,
                 other_argument_bytes=max(argument - params - opt, 0), temp_bytes=int(mem.temp_size_in_bytes),
@@ -609,7 +642,7 @@ def compile_step(spec: StepSpec, chip: TpuChip, mesh, config) -> StepPlan:
                 hbm_bytes=chip.hbm_bytes, fits=total <= chip.hbm_bytes, flops=flops, bytes_accessed=accessed,
                 collective_bytes=coll, **roof, model_flops=spec.model_flops,
                 mfu=estimated_mfu(spec.model_flops, chips, chip, roof["step_s"]),
-                xla_optimal_s=cost.get("optimal_seconds"),
+                xla_optimal_s=None if cost_specs else cost.get("optimal_seconds"),
                 replicated=replicated_large_arrays(compiled, (spec.args, spec.kwargs)))
     plan["advice"] = _advice(spec, plan, config, mesh)
     return StepPlan(**plan)
@@ -657,6 +690,19 @@ def _settings(config) -> dict[str, Any]:
     return out
 
 
+def _with_overrides(config, fields: dict):
+    """A copy of the config with dotted fields set (the config itself stays as it is)."""
+    copy = config.copy_and_resolve_references()
+    with copy.unlocked():
+        for key, value in fields.items():
+            node = copy
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+    return copy
+
+
 def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_layers: int | None = None,
          architecture=None, progress: Callable[[str], None] | None = None) -> Plan:
     """Compile `steps` of `config` for the TPU slice `topology` and read what each needs per chip.
@@ -684,7 +730,7 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
     chip, _ = parse_topology(topology)
     arch = architecture if architecture is not None else model_architecture(config, num_layers)
     if architecture is not None and num_layers:
-        arch = arch.replace(num_layers=int(num_layers))
+        arch = with_layers(arch, num_layers)
     devices = topology_devices(topology)
     mesh = plan_mesh(config, devices)
     from metacog_jax import sharding as sharding_lib
@@ -698,7 +744,11 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
         try:
             with sharding_lib.sharding_context(mesh, rules_from_config(config)):
                 spec = _BUILDERS[name](config, arch, mesh, prompt_len)
-                results.append(compile_step(spec, chip, mesh, config))
+                cost_specs = None
+                if config.model.get("scan_layers", False) and arch.num_layers > 2:
+                    unscanned = _with_overrides(config, {"model.scan_layers": False})
+                    cost_specs = [_BUILDERS[name](unscanned, with_layers(arch, n), mesh, prompt_len) for n in (1, 2)]
+                results.append(compile_step(spec, chip, mesh, config, cost_specs, arch.num_layers))
         except Exception as e:  # noqa: BLE001 -- one step's failure is reported; the others still compile
             errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return Plan(topology=topology, chip=chip, chips=len(devices), mesh=dict(mesh.shape),
@@ -757,4 +807,8 @@ def format_plan(p: Plan) -> str:
     lines.append("Estimates, not measurements: step time = max(FLOPs / peak, HBM bytes / HBM bandwidth, collective "
                  "bytes / ICI bandwidth) per chip, from XLA's counts and published peak figures; MFU = model FLOPs "
                  "(6N, or 4N + 6N_LoRA, per trained token; 2N per forward token) / (chips x peak x step time).")
+    if p.settings.get("model.scan_layers") and p.num_layers > 2:
+        lines.append("Scanned layers: XLA counts a loop body once, so FLOPs, HBM bytes and collectives are "
+                     "extrapolated from the same steps compiled unscanned at 1 and 2 layers (c1 + (L - 1)(c2 - c1)); "
+                     "memory and compile time are the scanned steps' own.")
     return "\n".join(lines)

@@ -146,7 +146,7 @@ def prefill(model: Decoder, tokens, segments, positions, samples: int, new_token
     `samples` continuations of each prompt then share (stored and read once per prompt; each continuation
     row gets `new_tokens` slots of its own). Returns (logits at each prompt's last position [B, V], cache)."""
     b, p = tokens.shape
-    cache = KVCache.init(model.config, b, p, model.dtype)
+    cache = KVCache.init(model.config, b, p, model.dtype, stacked=model.scan_layers)
     hidden, cache = model(tokens, positions, segment_ids=segments, cache=cache, return_hidden=True)
     return model.logits(hidden[:, -1]), cache.share_prefix(samples, new_tokens)
 

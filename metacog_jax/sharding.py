@@ -366,6 +366,18 @@ def sharding_context(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> I
         yield
 
 
+@contextlib.contextmanager
+def activation_context(mesh: Mesh | None, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Iterator[None]:
+    """The mesh (as an abstract mesh) and rules that :func:`with_logical_constraint` reads, for use *inside*
+    a jitted function (``jax.set_mesh`` is refused there): the jitted steps trace their body under it, so the
+    model's activation constraints apply. ``mesh=None``: nothing (the constraints stay no-ops)."""
+    if mesh is None:
+        yield
+        return
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), flax_spmd.logical_axis_rules(normalize_rules(rules)):
+        yield
+
+
 def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None], rules: Rules | None = None) -> jax.Array:
     """Constrain an activation's sharding by logical names, under the current mesh.
 

@@ -87,9 +87,12 @@ def test_collective_bytes_reads_async_fused_and_plain_collectives():
         "%f = bf16[1024,4096]{1,0} fusion(%ag), kind=kCustom, calls=%all-reduce-scatter.2",
         "%s = (bf16[8,8]{1,0}, bf16[32,8]{1,0}) all-gather-start(%q), dimensions={0}",
         "%d = bf16[32,8]{1,0} all-gather-done(%s)",
+        # one all-gather XLA:TPU split over two async collective fusions: the same channel, counted once
+        "%g1 = bf16[64,64]{1,0} all-gather(%param_0.1), channel_id=41, dimensions={1}",
+        "%g2 = bf16[64,64]{1,0} all-gather(%param_0.2), channel_id=41, dimensions={1}",
     ])
     out = plan_lib.collective_bytes(hlo)
-    assert out["all-gather"] == 4096 * 4096 * 2 + 32 * 8 * 2
+    assert out["all-gather"] == 4096 * 4096 * 2 + 32 * 8 * 2 + 64 * 64 * 2
     assert out["all-reduce"] == 2 * 256 * 4
     assert out["reduce-scatter"] == 4096 * 4096 * 2  # the unscattered operand
     assert out["all-to-all"] == out["collective-permute"] == 0

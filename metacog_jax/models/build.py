@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -62,7 +63,8 @@ def build_model(c: ml_collections.ConfigDict, mesh=None, tokenizer=None) -> Load
     if c.model.name == "random":
         cfg = random_model_config(c.model.random)
         dt, pdt = decoder.parse_dtype(c.model.dtype), decoder.parse_dtype(c.model.param_dtype)
-        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(c.seed))
+        scan = bool(c.model.get("scan_layers", False))
+        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(c.seed), scan_layers=scan)
         # Always initialised inside one jitted function (on a 1-device mesh when none is given), so the
         # random weights are bitwise the same with and without a mesh.
         model = sharding_lib.init_sharded(factory, mesh if mesh is not None else _one_device_mesh(), rules)
@@ -73,4 +75,9 @@ def build_model(c: ml_collections.ConfigDict, mesh=None, tokenizer=None) -> Load
         return LoadedModel(model, tok, cfg, "random")
     loaded = load_model(c.model.name, dtype=c.model.dtype, param_dtype=c.model.param_dtype, mesh=mesh, rules=rules,
                         with_tokenizer=tokenizer is None)
+    if c.model.get("scan_layers", False):  # weights load per layer (their files' layout), then are stacked
+        decoder.scan_layers_of(loaded.model)
+        if mesh is not None:
+            _, state = nnx.split(loaded.model)
+            nnx.update(loaded.model, jax.device_put(state, sharding_lib.state_shardings(state, mesh, rules)))
     return loaded if tokenizer is None else dataclasses.replace(loaded, tokenizer=tokenizer)

@@ -4,8 +4,13 @@ Gemma 3 families; their differences are switches on ModelConfig).
 Module and parameter names mirror transformers' (`layers.3.self_attn.q_proj`), kernels are stored
 [in, out] (transposed once at import), and rotary embeddings use the split-halves convention
 (`rotate_half`), so a checkpoint loads without permuting anything. Layers are kept as a list of
-modules, not stacked, so LoRA can wrap any projection by path; checkpoints record this choice. Training
-may rematerialize each layer in the backward pass (`remat`, REMAT_POLICIES).
+modules (`layers.3.self_attn.q_proj`, so LoRA can wrap any projection of any layer), or, with
+`scan_layers=True`, as one DecoderLayer whose parameters are stacked along a leading layer axis
+(`layers.self_attn.q_proj`, logical axis "layers") and run by `jax.lax.scan`: the compiled program holds
+one layer's code instead of L copies, so compile time no longer grows with depth (what a 70B model on a
+TPU pod needs). The same function either way; `scan_layers_of`/`unscan_layers_of` convert a model and
+`scanned_state`/`unscanned_state` a checkpoint's state between the layouts. Training may rematerialize
+each layer in the backward pass (`remat`, REMAT_POLICIES).
 
 Every parameter carries a `logical_axes` metadata entry (batch, embed, mlp, heads, kv_heads, vocab) that
 `metacog_jax.sharding` maps onto mesh axes through the config's rules table.
@@ -25,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from metacog_jax.models.config import ModelConfig, rope_inverse_frequencies
+from metacog_jax.sharding import with_logical_constraint
 
 LOGICAL_AXES = "logical_axes"
 # Added to the attention scores of masked pairs. Finite, so a fully masked row (padding) stays finite and
@@ -138,8 +144,8 @@ class KVCache(NamedTuple):
     group instead of once per row.
     """
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    keys: tuple[jax.Array, ...] | jax.Array  # a tuple of L arrays, or one [L, B, K, S, H] (scanned layers)
+    values: tuple[jax.Array, ...] | jax.Array
     valid: jax.Array
     index: jax.Array
     prefix_keys: tuple[jax.Array, ...] | None = None
@@ -147,17 +153,30 @@ class KVCache(NamedTuple):
     prefix_bias: jax.Array | None = None
 
     @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32, stacked: bool = False) -> "KVCache":
+        """An empty cache; `stacked`: one [L, ...] array per keys/values, as a scanned Decoder runs it."""
         shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        if stacked:
+            zeros = jnp.zeros((cfg.num_layers, *shape), dtype)
+        else:
+            zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
         return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+    @property
+    def stacked(self) -> bool:
+        return not isinstance(self.keys, (tuple, list))
+
+    def _per_layer(self, fn, arrays):
+        """fn over each layer's [B, ...] array, keeping the layout (tuple or stacked)."""
+        return jax.vmap(fn)(arrays) if self.stacked else tuple(map(fn, arrays))
 
     def repeat(self, n: int) -> "KVCache":
         """Each batch row repeated n times consecutively ([B, ...] -> [B*n, ...]): one prefill, n samples."""
         if self.prefix_keys is not None:
             raise ValueError("repeat() of a cache with a shared prefix")
         rep = lambda a: jnp.repeat(a, n, axis=0)
-        return KVCache(tuple(map(rep, self.keys)), tuple(map(rep, self.values)), rep(self.valid), self.index)
+        return KVCache(self._per_layer(rep, self.keys), self._per_layer(rep, self.values), rep(self.valid),
+                       self.index)
 
     def share_prefix(self, n: int, length: int) -> "KVCache":
         """This (filled) cache becomes a prefix shared by n consecutive rows per batch row, followed by
@@ -166,7 +185,9 @@ class KVCache(NamedTuple):
         if self.prefix_keys is not None:
             raise ValueError("the cache already has a shared prefix")
         b, k, _, h = self.keys[0].shape
-        zeros = tuple(jnp.zeros((b * n, k, length, h), a.dtype) for a in self.keys)
+        zeros = self._per_layer(lambda a: jnp.zeros((b * n, k, length, h), a.dtype), self.keys)
+        if self.stacked:  # new arrays: sharded like the rows under a mesh (no-op without one)
+            zeros = with_logical_constraint(zeros, ("layers", "batch", "kv_heads", "length", "kv"))
         bias = jnp.where(self.valid, 0.0, MASKED).astype(jnp.float32)  # once, not per decoded token
         return KVCache(zeros, zeros, jnp.zeros((b * n, length), bool), jnp.zeros((), jnp.int32),
                        self.keys, self.values, bias)
@@ -361,19 +382,56 @@ def _rematerialized_layer(layer: "DecoderLayer", policy, x, sin, cos, bias, caus
     return out
 
 
+def stack_layers(layers) -> nnx.Module:
+    """One module whose every variable is the layers' variables stacked on a new leading axis (logical
+    axis "layers" prepended to their axes). The layers must have the same structure (e.g. LoRA on the same
+    projections of each)."""
+    layers = list(layers)
+    graphdefs, states = zip(*(nnx.split(layer) for layer in layers))
+    if any(g != graphdefs[0] for g in graphdefs[1:]):
+        raise ValueError("scan_layers: the layers differ in structure (LoRA adapters on some layers only?); "
+                         "stacked layers must all have the same modules")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    for _, var in nnx.to_flat_state(stacked):
+        if var.has_metadata(LOGICAL_AXES):
+            var.set_metadata(LOGICAL_AXES, ("layers",) + tuple(var.get_metadata()[LOGICAL_AXES]))
+    return nnx.merge(graphdefs[0], stacked)
+
+
+def unstack_layers(stacked: nnx.Module) -> list:
+    """The inverse of stack_layers: one module per slice of the leading axis."""
+    graphdef, state = nnx.split(stacked)
+    count = {leaf.shape[0] for leaf in jax.tree.leaves(state)}
+    if len(count) != 1:
+        raise ValueError(f"not a stacked layer module: leading sizes {sorted(count)}")
+    layers = []
+    for i in range(count.pop()):
+        one = jax.tree.map(lambda a: a[i], state)
+        for _, var in nnx.to_flat_state(one):
+            axes = var.get_metadata().get(LOGICAL_AXES)
+            if axes and axes[0] == "layers":
+                var.set_metadata(LOGICAL_AXES, tuple(axes[1:]))
+        layers.append(nnx.merge(graphdef, one))
+    return layers
+
+
 class Decoder(nnx.Module):
-    """The language model: token embedding, decoder layers, final norm, LM head (tied or not)."""
+    """The language model: token embedding, decoder layers, final norm, LM head (tied or not).
+
+    scan_layers: keep the layers stacked and run them with jax.lax.scan (see the module docstring)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+                 rngs: nnx.Rngs | None = None, scan_layers: bool = False):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg
         self.dtype = dtype
         self.embed_tokens = nnx.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, embedding_init=_INIT,
             embedding_metadata={LOGICAL_AXES: ("vocab", "embed")}, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(cfg.num_layers)])
+        # Created one by one either way, so a scanned model's weights are the same random draws.
+        layers = [DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.num_layers)]
+        self.scan_layers = bool(scan_layers)
+        self.layers = stack_layers(layers) if scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype,
                             offset=cfg.norm_offset)
         if not cfg.tie_word_embeddings:
@@ -407,7 +465,8 @@ class Decoder(nnx.Module):
         return sin, cos, bias, prefix, window
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Final-norm'd hidden states [..., D] -> float32 logits [..., V]."""
+        """Final-norm'd hidden states [B, ..., D] -> float32 logits [B, ..., V] (sharded like the batch)."""
+        hidden = with_logical_constraint(hidden, ("batch",) + (None,) * (hidden.ndim - 1))
         if self.config.tie_word_embeddings and jnp.dtype(self.dtype) in _LOW_PRECISION:
             emb = self.embed_tokens.embedding[...].astype(self.dtype)
             out = _matmul_sum_f32(hidden.astype(self.dtype), emb, True, jnp.float32)
@@ -415,7 +474,7 @@ class Decoder(nnx.Module):
             out = self.embed_tokens.attend(hidden)
         else:
             out = self.lm_head(hidden)
-        return out.astype(jnp.float32)
+        return with_logical_constraint(out.astype(jnp.float32), ("batch",) + (None,) * (out.ndim - 2) + ("vocab",))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
                  cache: KVCache | None = None, attention_mask: jax.Array | None = None,
@@ -459,6 +518,10 @@ class Decoder(nnx.Module):
         x = self.embed_tokens(tokens).reshape(b * t, -1)
         if cfg.scale_embeddings:  # Gemma: sqrt(D), rounded to the parameters' dtype as transformers does
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, self.embed_tokens.param_dtype).astype(x.dtype)
+        # Under a mesh (sharding.activation_context, set by the jitted steps) the tokens between layers stay
+        # sharded like the batch and whole along D: each projection then all-gathers its (FSDP-sharded)
+        # weight, instead of XLA splitting the contraction over D and all-reducing [B*T, F] activations.
+        x = with_logical_constraint(x, ("batch", None))
         sin, cos = rope_tables(cfg, positions)
         if attention_mask is not None:
             if cache is not None:
@@ -488,6 +551,12 @@ class Decoder(nnx.Module):
         local = full
         if cfg.has_sliding_layers:
             local = self._sliding_inputs(positions, mask, cache, attention_mask is not None, full)
+        if self.scan_layers:
+            x, cache = self._scanned(x, full, local, cache, causal, remat)
+            x = self.norm(x).reshape(b, t, -1)
+            if cache is not None:
+                cache = cache._replace(valid=valid, index=cache.index + t)
+            return (x if return_hidden else self.logits(x)), cache
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
@@ -497,9 +566,11 @@ class Decoder(nnx.Module):
             if remat != "none":
                 x, new_kv = _rematerialized_layer(layer, REMAT_POLICIES[remat], x, sin_i, cos_i, bias_i, causal,
                                                   window_i), None
+                x = with_logical_constraint(x, ("batch", None))
                 continue
             x, new_kv = layer(x, sin_i, cos_i, bias_i, kv, None if cache is None else cache.index, causal,
                               prefix_i, window_i)
+            x = with_logical_constraint(x, ("batch", None))
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
@@ -510,11 +581,122 @@ class Decoder(nnx.Module):
         return (x if return_hidden else self.logits(x)), cache
 
 
+    def _scanned(self, x, full, local, cache, causal: bool, remat: str):
+        """The layers of a scanned model: jax.lax.scan over the stacked parameters (and, decoding, the stacked
+        cache, carried so each step writes only its new slots). Sliding-window and full layers alternate
+        through a per-layer flag that selects their RoPE tables and masks; the causal block skipping uses
+        the wider of the two windows (the masks still apply each layer's own). Non-parameter state (LoRA
+        dropout's RNG streams) is carried, so each layer draws its own masks."""
+        cfg = self.config
+        graphdef, params, rest = nnx.split(self.layers, nnx.Param, ...)
+        sliding = np.array([cfg.is_sliding(i) for i in range(cfg.num_layers)])
+        mixed = bool(sliding.any() and not sliding.all())
+        if sliding.all():
+            full = local
+        windows = (full[4], local[4]) if mixed else (full[4],)
+        window = 0 if min(windows) == 0 else max(windows)
+        prefix_bias = None
+        if full[3] is not None:  # full layers: the prefix's own bias; sliding ones also a [T, P] window bias
+            prefix_bias = full[3][0]
+            q_full, q_local = full[3][1], local[3][1]
+            if mixed and q_local is not None:
+                q_full = jnp.zeros_like(q_local)
+
+        def inputs(flag):
+            if not mixed:
+                return full[:4]
+            pick = lambda a, b: jnp.where(flag, b, a)
+            prefix = None if full[3] is None else (
+                prefix_bias, None if q_local is None else pick(q_full, q_local))
+            return pick(full[0], local[0]), pick(full[1], local[1]), pick(full[2], local[2]), prefix
+
+        def body(carry, xs):
+            x, rest, kv = carry
+            p, flag, i, pre_kv = xs
+            layer = nnx.merge(graphdef, p, rest)
+            sin, cos, bias, prefix = inputs(flag)
+            if prefix is not None:
+                prefix = (*pre_kv, *prefix)
+            layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+            out, new_kv = layer(x, sin, cos, bias, layer_kv, None if cache is None else cache.index, causal,
+                                prefix, window)
+            if kv is not None:  # write back only the T new slots of this layer
+                t = sin.shape[1]
+                start = (i, 0, 0, cache.index, 0)
+                new = [jax.lax.dynamic_slice_in_dim(a, cache.index, t, axis=2)[None] for a in new_kv]
+                kv = tuple(with_logical_constraint(jax.lax.dynamic_update_slice(a, n.astype(a.dtype), start),
+                                                   ("layers", "batch", "kv_heads", "length", "kv"))
+                           for a, n in zip(kv, new))
+            out = with_logical_constraint(out, ("batch", None))
+            return (out, nnx.state(layer, nnx.Not(nnx.Param)), kv), None
+
+        if remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+        kv = None if cache is None else (cache.keys, cache.values)
+        pre_kv = None if full[3] is None else (cache.prefix_keys, cache.prefix_values)
+        xs = (params, jnp.asarray(sliding), jnp.arange(cfg.num_layers), pre_kv)
+        (x, rest, kv), _ = jax.lax.scan(body, (x, rest, kv), xs)
+        nnx.update(self.layers, rest)
+        if cache is not None:
+            cache = cache._replace(keys=kv[0], values=kv[1])
+        return x, cache
+
+
+def scan_layers_of(model: Decoder) -> Decoder:
+    """The model with its layers stacked (in place; returns it). A no-op on a scanned model."""
+    if not model.scan_layers:
+        model.layers = stack_layers(model.layers)
+        model.scan_layers = True
+    return model
+
+
+def unscan_layers_of(model: Decoder) -> Decoder:
+    """The model with its layers as a list again (in place; returns it). A no-op on an unscanned model."""
+    if model.scan_layers:
+        model.layers = nnx.List(unstack_layers(model.layers))
+        model.scan_layers = False
+    return model
+
+
+def _layer_index(key) -> int | None:
+    """A layer list's key in a state dict (0, or "0" once a checkpoint went through orbax), else None."""
+    if isinstance(key, int):
+        return key
+    return int(key) if isinstance(key, str) and key.isdigit() else None
+
+
+def scanned_state(state: dict) -> dict:
+    """A (pure, nested dict) state of an unscanned Decoder in the scanned layout: `layers/<i>/...` leaves
+    stacked into `layers/...` [L, ...]. Returned as is when it has no layer list (already scanned, or a
+    state with no layers). The state may hold any subset of the model's variables (e.g. LoRA adapters)."""
+    layers = state.get("layers") if isinstance(state, dict) else None
+    if not isinstance(layers, dict) or not layers or any(_layer_index(k) is None for k in layers):
+        return state
+    ordered = [layers[k] for k in sorted(layers, key=_layer_index)]
+    if [_layer_index(k) for k in sorted(layers, key=_layer_index)] != list(range(len(ordered))):
+        raise ValueError(f"state layers {sorted(layers, key=_layer_index)} are not 0..{len(ordered) - 1}")
+    structures = {jax.tree.structure(layer) for layer in ordered}
+    if len(structures) != 1:
+        raise ValueError("scanned_state: the layers differ in structure (LoRA adapters on some layers only?)")
+    return {**state, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *ordered)}
+
+
+def unscanned_state(state: dict) -> dict:
+    """The inverse of scanned_state: `layers/...` [L, ...] split into `layers/<i>/...` (int keys)."""
+    layers = state.get("layers") if isinstance(state, dict) else None
+    if not isinstance(layers, dict) or not layers or all(_layer_index(k) is not None for k in layers):
+        return state
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(layers)}
+    if len(sizes) != 1:
+        raise ValueError(f"unscanned_state: stacked layer leaves have leading sizes {sorted(sizes)}")
+    return {**state, "layers": {i: jax.tree.map(lambda a: a[i], layers) for i in range(sizes.pop())}}
+
+
 def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0,
-                 abstract: bool = False) -> Decoder:
+                 abstract: bool = False, scan_layers: bool = False) -> Decoder:
     """A randomly initialised Decoder, or (abstract=True) one whose parameters are ShapeDtypeStructs,
     to be filled by a weight loader without allocating twice."""
-    build = lambda: Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+    build = lambda: Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), scan_layers=scan_layers)
     return nnx.eval_shape(build) if abstract else build()
 
 

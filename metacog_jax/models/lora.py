@@ -22,11 +22,19 @@ class ScaledLoRA(nnx.LoRA):
     """nnx.LoRA with the usual alpha/rank scaling and input dropout on the low-rank branch."""
 
     def __init__(self, base: nnx.Linear, rank: int, alpha: float, dropout: float, *, rngs: nnx.Rngs):
-        d_in, d_out = base.kernel.shape
+        *lead, d_in, d_out = base.kernel.shape  # lead: [L] for a scanned model's stacked projection
+        axes = tuple(base.kernel.get_metadata()[LOGICAL_AXES])
+        lead_axes, (ax_in, ax_out) = axes[:-2], axes[-2:]
         super().__init__(d_in, rank, d_out, base_module=base, dtype=base.dtype,
                          param_dtype=base.param_dtype, rngs=rngs,
-                         a_metadata={LOGICAL_AXES: (base.kernel.get_metadata()[LOGICAL_AXES][0], None)},
-                         b_metadata={LOGICAL_AXES: (None, base.kernel.get_metadata()[LOGICAL_AXES][1])})
+                         a_metadata={LOGICAL_AXES: (ax_in, None)}, b_metadata={LOGICAL_AXES: (None, ax_out)})
+        if lead:  # one adapter per layer, each A drawn as an unstacked one is
+            init = nnx.initializers.lecun_normal()
+            keys = jax.random.split(rngs.params(), lead[0])
+            self.lora_a = nnx.LoRAParam(jax.vmap(lambda k: init(k, (d_in, rank), base.param_dtype))(keys),
+                                        **{LOGICAL_AXES: (*lead_axes, ax_in, None)})
+            self.lora_b = nnx.LoRAParam(jnp.zeros((*lead, rank, d_out), base.param_dtype),
+                                        **{LOGICAL_AXES: (*lead_axes, None, ax_out)})
         self.scale = alpha / rank
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
@@ -52,13 +60,30 @@ def _set_submodule(model: nnx.Module, path, value) -> None:
         setattr(parent, path[-1], value)
 
 
+def _matches(model, pattern, name: str, targets: str) -> bool:
+    """Whether the regex matches a linear's path. In a scanned model (one stacked module for all layers,
+    `layers.self_attn.q_proj`) the regex is tried on each layer's own path (`layers.3.self_attn.q_proj`),
+    as for the unscanned model; it must match all of them or none."""
+    if not (getattr(model, "scan_layers", False) and name.startswith("layers.")):
+        return bool(pattern.fullmatch(name))
+    rest = name[len("layers."):]
+    count = model.config.num_layers
+    hits = [i for i in range(count) if pattern.fullmatch(f"layers.{i}.{rest}")]
+    if hits and len(hits) < count:
+        shown = f"{hits[0]}..{hits[-1]}" if hits == list(range(hits[0], hits[-1] + 1)) else ", ".join(map(str, hits))
+        raise ValueError(f"LoRA target regex {targets!r} matches {rest} in layers {shown} of {count} only; with "
+                         "model.scan_layers=True the layers are stacked and every layer gets the same adapters: "
+                         "target all layers, or set model.scan_layers=False")
+    return bool(hits)
+
+
 def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float, dropout: float = 0.0,
                seed: int = 0) -> list[str]:
     """Wrap every Linear whose dotted path fully matches `targets` (a regex). Returns the wrapped paths.
     Fails when the regex matches nothing, listing a few available paths."""
     pattern = re.compile(targets)
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    matched = [(name, path, m) for name, path, m in _linear_paths(model) if pattern.fullmatch(name)]
+    matched = [(name, path, m) for name, path, m in _linear_paths(model) if _matches(model, pattern, name, targets)]
     if not matched:
         names = [name for name, _, _ in _linear_paths(model)]
         raise ValueError(f"LoRA target regex {targets!r} matches no linear layer; paths look like: "

@@ -307,6 +307,15 @@ def _int_if_whole(x: float):
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _flatten(tree, prefix=()):
+    """(path tuple, array) of a nested dict, e.g. (('layers', 0, 'self_attn', 'q_proj', 'kernel'), array)."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
 def export_safetensors(model: nnx.Module, out_dir: str | Path, cfg: ModelConfig, tokenizer=None) -> Path:
     """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically:
     everything goes to a temporary sibling directory that is renamed into place at the end."""
@@ -315,10 +324,13 @@ def export_safetensors(model: nnx.Module, out_dir: str | Path, cfg: ModelConfig,
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    from metacog_jax.models.decoder import unscanned_state
+
+    # Files keep one tensor per layer: a scanned model's stacked layers are split (a no-op otherwise).
+    flat = dict(_flatten(unscanned_state(nnx.to_pure_dict(nnx.state(model, nnx.Param)))))
     tensors = {}
     for path, hf, gg, tr in name_table(cfg):
-        tensors[hf] = np.ascontiguousarray(_transform(np.asarray(flat[path].get_value(), np.float32), tr))
+        tensors[hf] = np.ascontiguousarray(_transform(np.asarray(flat[path], np.float32), tr))
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
     if tokenizer is not None:

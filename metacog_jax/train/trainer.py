@@ -337,8 +337,14 @@ def jit_train_step(graphdef, config, tx, mesh, trainable, frozen, other, label_t
     # Moments are nnx Variables carrying the parameters' logical axes, so they shard like them.
     opt_sh = sharding_lib.state_shardings(jax.eval_shape(tx.init, trainable), mesh, rules)
     in_shardings = (tr_sh, opt_sh, fr_sh, ot_sh, _batch_shardings(mesh), None)
-    step_fn = jax.jit(make_train_step(graphdef, config, tx, label_token_ids, label_values, attention_window),
-                      in_shardings=in_shardings, out_shardings=(tr_sh, opt_sh, None), donate_argnums=(0, 1))
+    step = make_train_step(graphdef, config, tx, label_token_ids, label_values, attention_window)
+
+    def traced_under_mesh(*args):  # the model's activation constraints see the mesh and rules
+        with sharding_lib.activation_context(mesh, rules):
+            return step(*args)
+
+    step_fn = jax.jit(traced_under_mesh, in_shardings=in_shardings, out_shardings=(tr_sh, opt_sh, None),
+                      donate_argnums=(0, 1))
     return step_fn, in_shardings
 
 
