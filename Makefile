@@ -38,9 +38,9 @@ demo-quick: install
 test: install-test
 	$(PYTEST) $(ARGS)
 
-# The ahead-of-time TPU compile tests (tests/test_plan.py), skipped by `make test` while they take minutes.
+# The plan and its ahead-of-time TPU compile tests alone (`make test` runs them too).
 test-tpu: install-test
-	METACOG_TPU_COMPILE_TESTS=1 $(PYTEST) tests/test_plan.py $(ARGS)
+	$(PYTEST) tests/test_plan.py $(ARGS)
 
 test-fast: install-test
 	$(PYTEST) -m "not slow" $(ARGS)

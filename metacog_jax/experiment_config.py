@@ -66,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
     # copies (compile time flat in depth: what 32-80 layer models on a pod want). The same function; LoRA
     # must then target the same projections in every layer. Checkpoints convert between the layouts.
     c.model.scan_layers = False
+    # Attention of the train step and one-pass scoring: auto = the Pallas splash kernel on TPU, cuDNN's on GPU,
+    # the decoder's own blocked attention on CPU (models/attention_kernels.py); or reference | splash | cudnn.
+    c.model.attention = "auto"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); one axis may be -1
@@ -306,6 +309,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          "training example), 0 (whole rows) or a number of tokens")
     from metacog_jax.models.decoder import REMAT_POLICIES
 
+    from metacog_jax.models.attention_kernels import IMPLEMENTATIONS
+
+    if c.model.get("attention", "auto") not in IMPLEMENTATIONS:
+        raise ValueError(f"config model.attention={c.model.attention!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     if c.train.remat not in REMAT_POLICIES:
         raise ValueError(f"config train.remat={c.train.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
     if c.train.loss_chunk < 0:

@@ -170,13 +170,15 @@ def abstract_model(config, arch, lora: bool):
 
     from metacog_jax.models import decoder
     from metacog_jax.models import lora as lora_lib
+    from metacog_jax.models.attention_kernels import resolve
 
     dt, pdt = decoder.parse_dtype(config.model.dtype), decoder.parse_dtype(config.model.param_dtype)
     lo = config.train.lora
 
     def build():
         model = decoder.Decoder(arch, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(config.seed),
-                                scan_layers=bool(config.model.get("scan_layers", False)))
+                                scan_layers=bool(config.model.get("scan_layers", False)),
+                                attention=resolve(str(config.model.get("attention", "auto")), "tpu"))
         if lora:
             lora_lib.apply_lora(model, lo.targets, lo.rank, lo.alpha, lo.dropout, seed=config.seed)
         return model
@@ -547,6 +549,8 @@ class StepPlan:
     mfu: float
     xla_optimal_s: float | None
     replicated: list[str]
+    costs: str  # "xla" (XLA's counts of the whole step), "extrapolated" (scanned: from 1 and 2 layers) or
+    # "one loop body" (scanned, not extrapolated: the layers' loop counted once; step time and MFU too low/high)
     advice: list[str]
 
     @property
@@ -643,6 +647,8 @@ def compile_step(spec: StepSpec, chip: TpuChip, mesh, config, cost_specs=None, n
                 collective_bytes=coll, **roof, model_flops=spec.model_flops,
                 mfu=estimated_mfu(spec.model_flops, chips, chip, roof["step_s"]),
                 xla_optimal_s=None if cost_specs else cost.get("optimal_seconds"),
+                costs="extrapolated" if cost_specs else
+                ("one loop body" if config.model.get("scan_layers", False) and num_layers > 1 else "xla"),
                 replicated=replicated_large_arrays(compiled, (spec.args, spec.kwargs)))
     plan["advice"] = _advice(spec, plan, config, mesh)
     return StepPlan(**plan)
@@ -683,7 +689,7 @@ def _settings(config) -> dict[str, Any]:
                sample_k=int(config.sample.k), max_new_tokens=int(config.sample.max_new_tokens),
                eval_batch=int(config.eval.batch_size))
     # Fields other work adds (layer scan, remat policy, loss chunks) are reported when the config has them.
-    for section, field in (("model", "scan_layers"), ("train", "remat"), ("model", "remat"),
+    for section, field in (("model", "scan_layers"), ("train", "remat"),
                            ("train", "loss_chunk"), ("model", "attention")):
         if field in config[section]:
             out[f"{section}.{field}"] = config[section][field]
@@ -704,7 +710,7 @@ def _with_overrides(config, fields: dict):
 
 
 def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_layers: int | None = None,
-         architecture=None, progress: Callable[[str], None] | None = None) -> Plan:
+         architecture=None, progress: Callable[[str], None] | None = None, layer_costs: bool = True) -> Plan:
     """Compile `steps` of `config` for the TPU slice `topology` and read what each needs per chip.
 
     Args:
@@ -716,6 +722,9 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
       num_layers: compile this many layers instead of the architecture's (a quick look at a deep model).
       architecture: a ModelConfig to use instead of the config's model.
       progress: called with a line before each compile.
+      layer_costs: for a scanned model, also compile each step unscanned at 1 and 2 layers to extrapolate
+        its FLOPs, bytes and collectives (False: memory, sharding and compile time only; the costs are then
+        XLA's own, one loop body's, and the step's `costs` says so).
 
     Returns:
       a Plan; a step whose build or compile fails is in `errors` with the reason (the others still run).
@@ -745,7 +754,7 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
             with sharding_lib.sharding_context(mesh, rules_from_config(config)):
                 spec = _BUILDERS[name](config, arch, mesh, prompt_len)
                 cost_specs = None
-                if config.model.get("scan_layers", False) and arch.num_layers > 2:
+                if layer_costs and config.model.get("scan_layers", False) and arch.num_layers > 2:
                     unscanned = _with_overrides(config, {"model.scan_layers": False})
                     cost_specs = [_BUILDERS[name](unscanned, with_layers(arch, n), mesh, prompt_len) for n in (1, 2)]
                 results.append(compile_step(spec, chip, mesh, config, cost_specs, arch.num_layers))
@@ -790,7 +799,7 @@ def format_plan(p: Plan) -> str:
                 ("est. HBM", [_seconds(s.hbm_s) for s in p.steps]),
                 ("est. ICI", [_seconds(s.ici_s) for s in p.steps]),
                 ("est. step time", [f"{_seconds(s.step_s)} ({s.bound})" for s in p.steps]),
-                ("est. MFU", [f"{s.mfu:.1%}" for s in p.steps]),
+                ("est. MFU", [f"{s.mfu:.1%}" if s.costs != "one loop body" else "(one loop body)" for s in p.steps]),
                 ("compile time", [f"{s.compile_s:.1f} s" for s in p.steps])]
         width = max(len(label) for label, _ in rows)
         cols = [max(len(str(r[1][i])) for r in rows) for i in range(len(p.steps))]

@@ -69,8 +69,9 @@ def test_scanned_layers_are_the_plain_loop_with_the_same_weights(name, monkeypat
     close(np.asarray(got)[real], np.asarray(want)[real], name)
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma3"])
-@pytest.mark.parametrize("remat", ["none", "matmuls", "full"])
+# Every remat policy on the Gemma-3-shaped model (it has every layer feature), the plain scan on Llama's.
+@pytest.mark.parametrize("name, remat", [("llama", "none"), ("gemma3", "none"), ("gemma3", "matmuls"),
+                                         ("gemma3", "full")])
 def test_scan_and_remat_give_the_loop_loss_and_gradients(name, remat):
     plain, scanned = pair_of(CONFIGS[name])
     tokens, pos, seg = batch()
@@ -96,7 +97,7 @@ def test_scan_and_remat_give_the_loop_loss_and_gradients(name, remat):
             close(g.get_value(), w.get_value(), f"{name} remat={remat}: layer {i} {path}")
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", ["mistral_window", "gemma3"])
 def test_scanned_kv_cache_decodes_like_the_loop(name):
     """Prefill left-padded prompts, share the prefix among 2 continuations each, decode 6 tokens past the
     window: the stacked cache (written a layer slice at a time inside the scan) gives the loop's logits."""

@@ -47,6 +47,14 @@ def tokenizer_for_config(c: ml_collections.ConfigDict):
     return tokenizer_from_spec(c.model.tokenizer if c.model.name == "random" else c.model.name)
 
 
+def attention_for(c: ml_collections.ConfigDict, mesh=None) -> str:
+    """The config's model.attention resolved for the mesh's devices (default: this process's)."""
+    from metacog_jax.models.attention_kernels import resolve
+
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.local_devices()[0].platform
+    return resolve(str(c.model.get("attention", "auto")), platform)
+
+
 def _one_device_mesh():
     import jax
 
@@ -64,7 +72,9 @@ def build_model(c: ml_collections.ConfigDict, mesh=None, tokenizer=None) -> Load
         cfg = random_model_config(c.model.random)
         dt, pdt = decoder.parse_dtype(c.model.dtype), decoder.parse_dtype(c.model.param_dtype)
         scan = bool(c.model.get("scan_layers", False))
-        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(c.seed), scan_layers=scan)
+        attention = attention_for(c, mesh)
+        factory = lambda: decoder.Decoder(cfg, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(c.seed), scan_layers=scan,
+                                          attention=attention)
         # Always initialised inside one jitted function (on a 1-device mesh when none is given), so the
         # random weights are bitwise the same with and without a mesh.
         model = sharding_lib.init_sharded(factory, mesh if mesh is not None else _one_device_mesh(), rules)
@@ -75,6 +85,7 @@ def build_model(c: ml_collections.ConfigDict, mesh=None, tokenizer=None) -> Load
         return LoadedModel(model, tok, cfg, "random")
     loaded = load_model(c.model.name, dtype=c.model.dtype, param_dtype=c.model.param_dtype, mesh=mesh, rules=rules,
                         with_tokenizer=tokenizer is None)
+    loaded.model.attention = attention_for(c, mesh)
     if c.model.get("scan_layers", False):  # weights load per layer (their files' layout), then are stacked
         decoder.scan_layers_of(loaded.model)
         if mesh is not None:

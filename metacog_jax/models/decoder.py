@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from metacog_jax.models import attention_kernels
 from metacog_jax.models.config import ModelConfig, rope_inverse_frequencies
 from metacog_jax.sharding import with_logical_constraint
 
@@ -209,8 +210,12 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
         self.scale = cfg.attention_scale
 
-    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0):
-        """x [B*T, D] (flattened tokens); sin, cos [B, T, H//2]; bias [B, T, S] float32 (0 where a query
+    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0, fused=None):
+        """fused: (implementation, segment_ids [B, T], window, sliding) to run attention_kernels' fused kernel
+        instead of the bias (no cache, causal rows): window an int, or (full, sliding) windows chosen by the
+        (possibly traced) sliding flag.
+
+        x [B*T, D] (flattened tokens); sin, cos [B, T, H//2]; bias [B, T, S] float32 (0 where a query
         may attend, MASKED where not); kv: this layer's cache (keys, values) [B, K, S, H] or None; causal:
         the bias masks every key after its query (no cache), so key blocks above the diagonal can be skipped;
         window: with causal, the bias also masks every key `window` or more slots before its query (0: no
@@ -239,6 +244,9 @@ class Attention(nnx.Module):
             vals = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, 0, index, 0))
             new_kv = (keys, vals)
             key, val = keys.astype(x.dtype), vals.astype(x.dtype)
+        if fused is not None:
+            return self.o_proj(_fused(fused, (q * self.scale).transpose(0, 2, 1, 3), key, val)
+                               .transpose(0, 2, 1, 3).reshape(b * t, n * h)), new_kv
         q = (q * self.scale).reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
         c = CAUSAL_BLOCK
         if prefix is not None:
@@ -251,6 +259,22 @@ class Attention(nnx.Module):
         else:
             out = _attend(q, key, val, bias)
         return self.o_proj(out.transpose(0, 3, 1, 2, 4).reshape(b * t, n * h)), new_kv
+
+
+def _fused(fused, q, key, val):
+    """attention_kernels.fused_attention with the layer's window (a traced sliding flag picks between two)."""
+    from metacog_jax.models import attention_kernels
+
+    impl, segments, window, sliding = fused
+    run = lambda w: attention_kernels.fused_attention(impl, q, key, val, segments, w)
+    if isinstance(window, tuple):
+        full, local = window
+        if full == local:
+            return run(full)
+        if isinstance(sliding, (bool, np.bool_)):
+            return run(local if sliding else full)
+        return jax.lax.cond(sliding, lambda: run(local), lambda: run(full))
+    return run(window)
 
 
 def window_start(i: int, window: int, block: int) -> int:
@@ -344,8 +368,9 @@ class DecoderLayer(nnx.Module):
             self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal, prefix, window)
+    def __call__(self, x, sin, cos, bias, kv=None, index=None, causal=False, prefix=None, window=0, fused=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), sin, cos, bias, kv, index, causal, prefix, window,
+                                      fused)
         if self.sandwich:
             x = x + self.post_attention_layernorm(attn)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_kv
@@ -366,18 +391,20 @@ REMAT_POLICIES = {
 }
 
 
-def _rematerialized_layer(layer: "DecoderLayer", policy, x, sin, cos, bias, causal: bool, window: int):
+def _rematerialized_layer(layer: "DecoderLayer", policy, x, sin, cos, bias, causal: bool, window: int, fused=None):
     """layer(x, ...) without a cache or prefix, under jax.checkpoint with `policy`. The layer is split into
     parameters and the rest (LoRA dropout's RNG counters): the parameters go in as arguments, so their
     gradients flow, and the rest comes back out and is written to the layer, so a mutated RNG is kept."""
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
 
-    def run(params, rest, x, sin, cos, bias):
+    def run(params, rest, x, sin, cos, bias, segments):
         inner = nnx.merge(graphdef, params, rest)
-        out, _ = inner(x, sin, cos, bias, None, None, causal, None, window)
+        f = None if fused is None else (fused[0], segments, *fused[2:])
+        out, _ = inner(x, sin, cos, bias, None, None, causal, None, window, f)
         return out, nnx.state(inner, nnx.Not(nnx.Param))
 
-    out, rest = jax.checkpoint(run, policy=policy)(params, rest, x, sin, cos, bias)
+    segments = None if fused is None else fused[1]
+    out, rest = jax.checkpoint(run, policy=policy)(params, rest, x, sin, cos, bias, segments)
     nnx.update(layer, rest)
     return out
 
@@ -418,13 +445,17 @@ def unstack_layers(stacked: nnx.Module) -> list:
 class Decoder(nnx.Module):
     """The language model: token embedding, decoder layers, final norm, LM head (tied or not).
 
-    scan_layers: keep the layers stacked and run them with jax.lax.scan (see the module docstring)."""
+    scan_layers: keep the layers stacked and run them with jax.lax.scan (see the module docstring).
+    attention: see attention_kernels (resolved for the devices the model runs on, e.g. "splash" on a TPU)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None, scan_layers: bool = False):
+                 rngs: nnx.Rngs | None = None, scan_layers: bool = False, attention: str = "reference"):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg
         self.dtype = dtype
+        # A resolved attention_kernels implementation (reference, splash, splash_interpret, cudnn, xla): what
+        # training and one-pass scoring rows use; the KV-cache paths and tree masks keep the reference.
+        self.attention = str(attention)
         self.embed_tokens = nnx.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, embedding_init=_INIT,
             embedding_metadata={LOGICAL_AXES: ("vocab", "embed")}, rngs=rngs)
@@ -551,8 +582,13 @@ class Decoder(nnx.Module):
         local = full
         if cfg.has_sliding_layers:
             local = self._sliding_inputs(positions, mask, cache, attention_mask is not None, full)
+        fused = None
+        if (self.attention != "reference" and cache is None and attention_mask is None
+                and attention_kernels.supports(self.attention, t)):
+            w_local = min(w for w in (window, cfg.sliding_window) if w) if (window or cfg.sliding_window) else 0
+            fused = (self.attention, segment_ids, (window, w_local if cfg.has_sliding_layers else window))
         if self.scan_layers:
-            x, cache = self._scanned(x, full, local, cache, causal, remat)
+            x, cache = self._scanned(x, full, local, cache, causal, remat, fused)
             x = self.norm(x).reshape(b, t, -1)
             if cache is not None:
                 cache = cache._replace(valid=valid, index=cache.index + t)
@@ -563,13 +599,14 @@ class Decoder(nnx.Module):
             sin_i, cos_i, bias_i, prefix_i, window_i = local if cfg.is_sliding(i) else full
             if prefix_i is not None:
                 prefix_i = (cache.prefix_keys[i], cache.prefix_values[i], *prefix_i)
+            fused_i = None if fused is None else (*fused, cfg.is_sliding(i))
             if remat != "none":
                 x, new_kv = _rematerialized_layer(layer, REMAT_POLICIES[remat], x, sin_i, cos_i, bias_i, causal,
-                                                  window_i), None
+                                                  window_i, fused_i), None
                 x = with_logical_constraint(x, ("batch", None))
                 continue
             x, new_kv = layer(x, sin_i, cos_i, bias_i, kv, None if cache is None else cache.index, causal,
-                              prefix_i, window_i)
+                              prefix_i, window_i, fused_i)
             x = with_logical_constraint(x, ("batch", None))
             if new_kv is not None:
                 new_keys.append(new_kv[0])
@@ -581,7 +618,7 @@ class Decoder(nnx.Module):
         return (x if return_hidden else self.logits(x)), cache
 
 
-    def _scanned(self, x, full, local, cache, causal: bool, remat: str):
+    def _scanned(self, x, full, local, cache, causal: bool, remat: str, fused=None):
         """The layers of a scanned model: jax.lax.scan over the stacked parameters (and, decoding, the stacked
         cache, carried so each step writes only its new slots). Sliding-window and full layers alternate
         through a per-layer flag that selects their RoPE tables and masks; the causal block skipping uses
@@ -619,7 +656,7 @@ class Decoder(nnx.Module):
                 prefix = (*pre_kv, *prefix)
             layer_kv = None if kv is None else (kv[0][i], kv[1][i])
             out, new_kv = layer(x, sin, cos, bias, layer_kv, None if cache is None else cache.index, causal,
-                                prefix, window)
+                                prefix, window, None if fused is None else (*fused, flag))
             if kv is not None:  # write back only the T new slots of this layer
                 t = sin.shape[1]
                 start = (i, 0, 0, cache.index, 0)
@@ -693,10 +730,11 @@ def unscanned_state(state: dict) -> dict:
 
 
 def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0,
-                 abstract: bool = False, scan_layers: bool = False) -> Decoder:
+                 abstract: bool = False, scan_layers: bool = False, attention: str = "reference") -> Decoder:
     """A randomly initialised Decoder, or (abstract=True) one whose parameters are ShapeDtypeStructs,
     to be filled by a weight loader without allocating twice."""
-    build = lambda: Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), scan_layers=scan_layers)
+    build = lambda: Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), scan_layers=scan_layers,
+                            attention=attention)
     return nnx.eval_shape(build) if abstract else build()
 
 
