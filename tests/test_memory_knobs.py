@@ -197,3 +197,21 @@ def test_bad_values_name_the_field(field, value, message):
 def test_defaults_are_off():
     config = load_config(str(REPO / "configs" / "tiny.py"))
     assert config.train.remat == "none" and config.train.loss_chunk == 0
+
+
+def test_lora_adapters_and_their_adam_moments_are_float32_on_a_bfloat16_base():
+    """Mixed precision: a bfloat16 base (storage and compute), float32 adapters and optimizer state."""
+    import jax.numpy as jnp
+
+    model = create_model(ARCHS["llama_like"], dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    lora_lib.apply_lora(model, r".*q_proj", rank=4, alpha=8.0)
+    config = _config()
+    _, trainable, frozen, _ = trainer.split_model(model, config)
+    assert {leaf.dtype for leaf in jax.tree.leaves(trainable)} == {jnp.dtype("float32")}
+    assert {leaf.dtype for leaf in jax.tree.leaves(frozen)} == {jnp.dtype("bfloat16")}
+    tx, _ = trainer.make_optimizer(config.train)
+    moments = [leaf for leaf in jax.tree.leaves(tx.init(trainable)) if leaf.ndim]
+    assert moments and {leaf.dtype for leaf in moments} == {jnp.dtype("float32")}
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    logits, _ = model(tokens, jnp.arange(8)[None])
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))

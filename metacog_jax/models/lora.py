@@ -25,15 +25,17 @@ class ScaledLoRA(nnx.LoRA):
         *lead, d_in, d_out = base.kernel.shape  # lead: [L] for a scanned model's stacked projection
         axes = tuple(base.kernel.get_metadata()[LOGICAL_AXES])
         lead_axes, (ax_in, ax_out) = axes[:-2], axes[-2:]
+        # Adapters are trained: float32 storage (so their Adam moments are float32 too) whatever the frozen
+        # base's dtype; the low-rank branch computes in float32 and is cast back to the activations' dtype.
         super().__init__(d_in, rank, d_out, base_module=base, dtype=base.dtype,
-                         param_dtype=base.param_dtype, rngs=rngs,
+                         param_dtype=jnp.float32, rngs=rngs,
                          a_metadata={LOGICAL_AXES: (ax_in, None)}, b_metadata={LOGICAL_AXES: (None, ax_out)})
         if lead:  # one adapter per layer, each A drawn as an unstacked one is
             init = nnx.initializers.lecun_normal()
             keys = jax.random.split(rngs.params(), lead[0])
-            self.lora_a = nnx.LoRAParam(jax.vmap(lambda k: init(k, (d_in, rank), base.param_dtype))(keys),
+            self.lora_a = nnx.LoRAParam(jax.vmap(lambda k: init(k, (d_in, rank), jnp.float32))(keys),
                                         **{LOGICAL_AXES: (*lead_axes, ax_in, None)})
-            self.lora_b = nnx.LoRAParam(jnp.zeros((*lead, rank, d_out), base.param_dtype),
+            self.lora_b = nnx.LoRAParam(jnp.zeros((*lead, rank, d_out), jnp.float32),
                                         **{LOGICAL_AXES: (*lead_axes, None, ax_out)})
         self.scale = alpha / rank
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
