@@ -17,7 +17,7 @@ the same step compiled unscanned at 1 and 2 layers (XLA counts a loop body once)
 
 per chip, with the published figures in metacog_jax/plan.py (TPU_CHIPS). Estimates, not measurements.
 
-    .venv/bin/python benchmarks/plan.py [--rows smollm2,qwen] [--timeout 1800] [--json out.json]
+    .venv/bin/python benchmarks/plan.py [--rows smollm2,qwen] [--batch 64] [--timeout 1800] [--json out.json]
         [--markdown out.md]
 
 A benchmark, not a test.
@@ -131,11 +131,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per row (default: %(default)s)")
     ap.add_argument("--num_layers", type=int, default=None,
                     help="compile this many layers of each model (a quick look; the table then says so)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="global batch (rows of seq_len tokens) instead of each row's own: the search for the "
+                         "smallest batch that reaches a target MFU")
     ap.add_argument("--json", default=None, help="write the plans and timings as JSON")
     ap.add_argument("--markdown", default=None, help="write the table (with date and machine) as Markdown")
     args = ap.parse_args()
     wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
     rows = [r for r in ROWS if not wanted or any(w in r.name for w in wanted)]
+    if args.batch:
+        rows = [dataclasses.replace(r, batch=args.batch) for r in rows]
     results = []
     for row in rows:
         print(f"{row.name} on {row.topology} ...", file=sys.stderr, flush=True)

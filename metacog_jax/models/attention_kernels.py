@@ -2,7 +2,7 @@
 
 The decoder's own attention (`reference`) materializes each block's [B, K, G, T, S] float32 scores: fine on
 a CPU, but on a TPU or GPU that traffic bounds the step. For causal self-attention over packed rows (the
-train step; scoring rows without a tree of continuations) the decoder can instead call:
+train step; any forward without a KV cache or a tree mask) the decoder can instead call:
 
 * `splash` (TPU): the Pallas splash-attention kernel (`jax.experimental.pallas.ops.tpu.splash_attention`),
   with a causal or local (sliding-window) mask and the rows' segment ids; under a mesh it runs per shard
