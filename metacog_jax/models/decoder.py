@@ -263,8 +263,6 @@ class Attention(nnx.Module):
 
 def _fused(fused, q, key, val):
     """attention_kernels.fused_attention with the layer's window (a traced sliding flag picks between two)."""
-    from metacog_jax.models import attention_kernels
-
     impl, segments, window, sliding = fused
     run = lambda w: attention_kernels.fused_attention(impl, q, key, val, segments, w)
     if isinstance(window, tuple):
@@ -587,12 +585,16 @@ class Decoder(nnx.Module):
                 and attention_kernels.supports(self.attention, t)):
             w_local = min(w for w in (window, cfg.sliding_window) if w) if (window or cfg.sliding_window) else 0
             fused = (self.attention, segment_ids, (window, w_local if cfg.has_sliding_layers else window))
-        if self.scan_layers:
-            x, cache = self._scanned(x, full, local, cache, causal, remat, fused)
-            x = self.norm(x).reshape(b, t, -1)
-            if cache is not None:
-                cache = cache._replace(valid=valid, index=cache.index + t)
-            return (x if return_hidden else self.logits(x)), cache
+        run = self._scanned if self.scan_layers else self._looped
+        x, cache = run(x, full, local, cache, causal, remat, fused)
+        x = self.norm(x).reshape(b, t, -1)
+        if cache is not None:
+            cache = cache._replace(valid=valid, index=cache.index + t)
+        return (x if return_hidden else self.logits(x)), cache
+
+    def _looped(self, x, full, local, cache, causal: bool, remat: str, fused=None):
+        """The layers one after another (unscanned model); returns x and the cache with the new keys/values."""
+        cfg = self.config
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
@@ -601,22 +603,18 @@ class Decoder(nnx.Module):
                 prefix_i = (cache.prefix_keys[i], cache.prefix_values[i], *prefix_i)
             fused_i = None if fused is None else (*fused, cfg.is_sliding(i))
             if remat != "none":
-                x, new_kv = _rematerialized_layer(layer, REMAT_POLICIES[remat], x, sin_i, cos_i, bias_i, causal,
-                                                  window_i, fused_i), None
-                x = with_logical_constraint(x, ("batch", None))
-                continue
-            x, new_kv = layer(x, sin_i, cos_i, bias_i, kv, None if cache is None else cache.index, causal,
-                              prefix_i, window_i, fused_i)
+                x = _rematerialized_layer(layer, REMAT_POLICIES[remat], x, sin_i, cos_i, bias_i, causal, window_i,
+                                          fused_i)
+            else:
+                x, new_kv = layer(x, sin_i, cos_i, bias_i, kv, None if cache is None else cache.index, causal,
+                                  prefix_i, window_i, fused_i)
+                if new_kv is not None:
+                    new_keys.append(new_kv[0])
+                    new_values.append(new_kv[1])
             x = with_logical_constraint(x, ("batch", None))
-            if new_kv is not None:
-                new_keys.append(new_kv[0])
-                new_values.append(new_kv[1])
-        x = self.norm(x).reshape(b, t, -1)
         if cache is not None:
-            cache = cache._replace(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
-                                   index=cache.index + t)
-        return (x if return_hidden else self.logits(x)), cache
-
+            cache = cache._replace(keys=tuple(new_keys), values=tuple(new_values))
+        return x, cache
 
     def _scanned(self, x, full, local, cache, causal: bool, remat: str, fused=None):
         """The layers of a scanned model: jax.lax.scan over the stacked parameters (and, decoding, the stacked
