@@ -76,13 +76,14 @@ def test_truncated_gguf_fails_with_file_name(tmp_path, smol_gguf_path):
 
 
 def test_second_load_in_a_process_reuses_the_dequantized_tensors(smol, monkeypatch):
-    import gguf
     from flax import nnx
+
+    from metacog_jax.models import gguf_file
 
     def no_reader(*args, **kwargs):
         raise AssertionError("the GGUF file was parsed again")
 
-    monkeypatch.setattr(gguf, "GGUFReader", no_reader)
+    monkeypatch.setattr(gguf_file, "read_gguf", no_reader)
     again = load_model("smollm2-135m-instruct-gguf")
     assert again.config == smol.config
     assert again.tokenizer.encode("What is the capital of France?") == \

@@ -26,6 +26,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory: never ask the Hub
 
+from metacog_jax.models.gguf_file import read_gguf  # noqa: E402
 from metacog_jax.models.tokenizer import stop_token_ids, tokenizer_from_gguf  # noqa: E402
 
 S = "\u2581"  # "▁"
@@ -108,7 +109,7 @@ def files(tmp_path_factory):
 
 
 def _ours(path):
-    return tokenizer_from_gguf(gguf.GGUFReader(str(path)), str(path))
+    return tokenizer_from_gguf(read_gguf(path), str(path))
 
 
 def _reference(path):

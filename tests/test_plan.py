@@ -37,15 +37,10 @@ def test_every_preset_has_an_architecture():
 
 
 def test_smollm2_architecture_matches_the_embedded_gguf(smol_gguf_path):
-    import gguf
-
     from metacog_jax.models.config import from_gguf_metadata
-    from metacog_jax.models.loading import _gguf_value
+    from metacog_jax.models.gguf_file import read_gguf
 
-    reader = gguf.GGUFReader(str(smol_gguf_path))
-    fields = {k: _gguf_value(f) for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
-    fields["tokenizer.ggml.tokens"] = [None] * len(reader.fields["tokenizer.ggml.tokens"].data)
-    meta = from_gguf_metadata(fields, str(smol_gguf_path))
+    meta = from_gguf_metadata(read_gguf(smol_gguf_path).metadata, str(smol_gguf_path))
     ours = ARCHITECTURES["smollm2_135m_gguf"]
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                   "head_dim", "rope_theta"):
@@ -184,7 +179,7 @@ def test_llama8b_width_train_step_compiles_sharded_on_v5e_4x4():
     """4 layers at Llama-3.1-8B's width (hidden 4096, 32 heads, vocab 128,256), full fine-tuning, bfloat16,
     scanned with full remat, on the preset's (1, -1, 4) mesh: fsdp 4 x tensor 4."""
     config = _config("llama3.1_8b", "model.dtype=bfloat16", "model.param_dtype=bfloat16", "train.lora.rank=0",
-                     "model.scan_layers=True", "train.remat=full", "train.batch_size=16", "train.max_len=256")
+                     "model.scan_layers=True", "train.remat=full", "train.batch_size=16", "train.max_len=128")
     # Memory and sharding only (the costs' two extra unscanned compiles would triple the time).
     result = plan_lib.plan(config, "v5e:4x4", steps=("train",), num_layers=4, layer_costs=False)
     assert result.steps and result.steps[0].costs == "one loop body"

@@ -32,11 +32,10 @@ def random_model_config(fields: ml_collections.ConfigDict) -> ModelConfig:
 def tokenizer_from_spec(spec: str):
     kind, path = resolve(spec)
     if kind == "gguf":
-        import gguf
-
+        from metacog_jax.models.gguf_file import read_gguf
         from metacog_jax.models.tokenizer import tokenizer_from_gguf
 
-        return tokenizer_from_gguf(gguf.GGUFReader(str(path)), str(path))
+        return tokenizer_from_gguf(read_gguf(path), str(path))
     from metacog_jax.models.tokenizer import load_hf_tokenizer
 
     return load_hf_tokenizer(path)

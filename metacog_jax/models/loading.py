@@ -124,7 +124,7 @@ _GGUF_MEMO: dict[tuple, tuple] = {}
 def _load_gguf(path: Path, dt, pdt, mesh, rules, with_tokenizer: bool):
     """(model, config, tokenizer or None) from a GGUF file. The dequantized tensors (and the tokenizer) of
     files up to GGUF_MEMO_MAX_BYTES are memoized per (path, mtime, size) once a load has succeeded."""
-    import gguf
+    from metacog_jax.models.gguf_file import read_gguf
 
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
@@ -133,12 +133,12 @@ def _load_gguf(path: Path, dt, pdt, mesh, rules, with_tokenizer: bool):
         cfg, memo, tok, reader = hit[0], hit[1], hit[2], None
     else:
         try:
-            reader = gguf.GGUFReader(str(path))
-        except Exception as e:
+            reader = read_gguf(path)
+        except (OSError, ValueError) as e:
             raise weights.WeightLoadError(f"{path}: cannot read GGUF file ({e})") from None
-        meta = {k: _gguf_value(f) for k, f in reader.fields.items()
+        meta = {k: v for k, v in reader.metadata.items()
                 if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
-        meta["tokenizer.ggml.tokens"] = [None] * len(reader.fields["tokenizer.ggml.tokens"].data)
+        meta["tokenizer.ggml.tokens"] = [None] * len(reader.get("tokenizer.ggml.tokens", ()))
         cfg = config_lib.from_gguf_metadata(meta, source=str(path))
         cfg = cfg.replace(tie_word_embeddings=not weights.gguf_has_output_head(reader))
         # Only files that will be memoized collect their tensors: a large model's dequantized copy would
@@ -151,10 +151,3 @@ def _load_gguf(path: Path, dt, pdt, mesh, rules, with_tokenizer: bool):
     if reader is not None and memo is not None:
         _GGUF_MEMO[key] = (cfg, memo, tok)
     return model, cfg, tok if with_tokenizer else None
-
-
-def _gguf_value(field):
-    try:
-        return field.contents()
-    except Exception:  # a few exotic array types; not needed for the config
-        return None

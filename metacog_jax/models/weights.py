@@ -218,7 +218,7 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 def load_gguf(model: nnx.Module, reader, cfg: ModelConfig, source: str,
               shardings: Mapping[Path_, jax.sharding.Sharding] | None = None,
               memo: dict[str, np.ndarray] | None = None) -> nnx.Module:
-    """Fill `model` from an open `gguf.GGUFReader`, dequantizing each tensor to float32.
+    """Fill `model` from a parsed GGUF file (`gguf_file.read_gguf`), dequantizing each tensor to float32.
 
     `memo` (optional): dequantized tensors by GGUF name, read from when present and filled otherwise, so a
     process that loads the same file again skips the dequantization (and, if it holds every tensor, the
