@@ -23,7 +23,7 @@ WORKER = REPO / "tests" / "train_worker.py"
 
 
 def _env(devices: int = 1, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METACOG_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METACOG_") or k == "METACOG_COMPILATION_CACHE"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env.update({k: str(v) for k, v in extra.items()})
@@ -229,3 +229,17 @@ def test_lora_regex_matching_nothing_fails():
     model = build_model(c).model
     with pytest.raises(ValueError, match="matches no linear layer"):
         apply_lora(model, ".*qproj$", 4, 8.0)
+
+
+def test_metrics_log_writes_strict_jsonl_and_tensorboard_without_importing_torch(tmp_path):
+    """One line per step (NaN as null) and a TensorBoard event file; tensorboardX is imported without torch
+    (which it would load, about 4 s per training process, only to recognize torch tensors)."""
+    code = ("import sys\nfrom metacog_jax.train.metrics_log import MetricsLog\n"
+            f"log = MetricsLog({str(tmp_path)!r})\nlog.write(1, {{'loss': 0.5, 'grad_norm': float('nan')}})\n"
+            "log.close()\nprint('TORCH', 'torch' in sys.modules)\nimport torch\nprint('LATER', torch.ones(2).sum().item())")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert "TORCH False" in out.stdout and "LATER 2.0" in out.stdout, out.stdout + out.stderr[-2000:]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert "NaN" not in lines[0] and [json.loads(line) for line in lines] == \
+        [{"step": 1, "loss": 0.5, "grad_norm": None}]
+    assert [p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir()] == [True]

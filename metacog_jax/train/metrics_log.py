@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,25 @@ import jax
 import jax.numpy as jnp
 
 from metacog_jax import artifacts
+
+
+def _import_summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch.
+
+    tensorboardX's writer imports torch when it is installed (about 4 s), only to recognize torch tensors;
+    the values logged here are Python floats. Unless torch is already loaded, its import is made to fail
+    (a None entry in sys.modules) for as long as tensorboardX is imported, which it handles.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsLog:
@@ -24,8 +44,7 @@ class MetricsLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
         try:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _import_summary_writer()
             self.writer = SummaryWriter(str(self.directory / "tensorboard"))
         except ImportError:  # the JSONL log is the record; TensorBoard is a convenience
             self.writer = None
