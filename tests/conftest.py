@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The CLI turns on jax's persistent compilation cache (~/.cache/metacog_jax/xla by default); tests leave the
-# user's cache alone (subprocesses inherit this). test_runtime checks the cache switch itself.
-os.environ.setdefault("METACOG_COMPILATION_CACHE", "off")
+# One persistent compilation cache (jax's, as the CLI turns on) for the whole run, new and empty at its start
+# and removed at its end: the test processes and every `metacog` or worker subprocess they start share it,
+# so a program the tiny model compiles in one test (the same shapes, the same HLO) is read from disk in the
+# next, and the user's own cache (~/.cache/metacog_jax/xla) is neither read nor written. The controller
+# makes it before it starts the pytest-xdist workers, which inherit the variable. A cache given in the
+# environment (or "off") is used as it is. test_runtime checks the cache switch itself.
+_RUN_CACHE = None
+if "METACOG_COMPILATION_CACHE" not in os.environ:
+    _RUN_CACHE = os.environ["METACOG_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="metacog-test-xla-")
 # The tests run on the CPU (fake multi-device meshes). With the `tpu` extra installed (make test installs it for
 # tests/test_plan.py) jax would otherwise try to start the TPU runtime in every test process and subprocess.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -22,9 +30,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # tests (one to several minutes each on a 2-core machine) go first, so that no long test starts near the
 # end while the other worker has nothing left to take. Heaviest first, from `pytest --durations=0`; a module
 # keeps its own order (its fixtures are built once per worker). A plain `pytest` keeps the file order.
-LONGEST_FIRST = ("test_sampling.py", "test_tuning.py", "test_train.py", "test_notebook.py", "test_gap.py",
-                 "test_models.py", "test_gguf.py", "test_cli.py", "test_conditions.py", "test_scoring.py",
-                 "test_export.py")
+LONGEST_FIRST = ("test_multihost_stages.py", "test_plan.py", "test_tuning.py", "test_train.py", "test_cli.py",
+                 "test_gap.py", "test_sampling.py", "test_notebook.py", "test_models.py", "test_gguf.py",
+                 "test_conditions.py", "test_scan_layers.py", "test_scoring.py", "test_export.py")
+
+
+def pytest_unconfigure(config):
+    if _RUN_CACHE is not None:  # only the process that made it (the controller, or a plain pytest run)
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache():
+    """The run's compilation cache in this test process too (runtime.enable_compilation_cache reads the env)."""
+    from metacog_jax.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,11 +83,10 @@ def smol_gguf_path() -> Path:
 @pytest.fixture(scope="session")
 def smol_tokenizer(smol_gguf_path):
     """The real SmolLM2 tokenizer (49152 ids, ChatML template), built from the GGUF metadata."""
-    import gguf
-
+    from metacog_jax.models.gguf_file import read_gguf
     from metacog_jax.models.tokenizer import tokenizer_from_gguf
 
-    return tokenizer_from_gguf(gguf.GGUFReader(str(smol_gguf_path)), str(smol_gguf_path))
+    return tokenizer_from_gguf(read_gguf(smol_gguf_path), str(smol_gguf_path))
 
 
 def tiny_config(model_type: str = "llama", **overrides):

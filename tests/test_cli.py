@@ -1,9 +1,10 @@
 """The `metacog` command line end to end on the tiny random model (configs/tiny.py), as subprocesses.
 
-sample -> targets -> train -> eval -> report (-> export) on procedural sets (20 train + 12 test
-arithmetic questions, 12 comparison questions), once more with real sets from ../shared/data, sampling
-killed with SIGKILL and resumed, `metacog demo` run twice (the second run skips every stage), and bad
-input that must fail with a message naming what is wrong.
+sample -> targets on procedural sets (20 train + 12 test arithmetic questions, 12 comparison questions);
+sample -> targets -> train -> eval -> report with real sets from ../shared/data; sampling killed with
+SIGKILL and resumed; `metacog demo` run twice (every stage of every condition, then a second run that
+skips them all) and its single-task model exported; and bad input that must fail with a message naming
+what is wrong.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _command() -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METACOG_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METACOG_") or k == "METACOG_COMPILATION_CACHE"}
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
@@ -160,43 +161,17 @@ def test_sample_and_targets_write_well_formed_files(data_run):
 
 
 @pytest.mark.slow
-def test_train_eval_report_export(data_run, tmp_path):
-    data, base, single = data_run, tmp_path / "base", tmp_path / "S"
-    out = metacog("train", f"--config={TINY}:task=single", f"--workdir={single}", f"--data_workdir={data}").stdout
-    summary = json.loads(out[out.index("{"):])
-    assert summary["end_step"] == 4 and summary["lora_paths"] > 0
-    steps = sorted(int(p.name) for p in (single / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps[-1] == 4  # checkpoint_every=2, keep 2
-    rows = read_jsonl(single / "train" / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert all(math.isfinite(r["loss"]) and r["loss_single"] > 0 and r["loss_pairwise"] == 0 for r in rows)
-
-    roles = {"arithmetic": "in_domain", "comparison": "out_of_domain"}
-    n_items = {"arithmetic": N_TEST, "comparison": N_TEST}
-    metacog("eval", f"--config={TINY}:task=base", f"--workdir={base}", f"--data_workdir={data}")
-    metacog("eval", f"--config={TINY}:task=single", f"--workdir={single}", f"--data_workdir={data}")
-    check_eval(base, roles, n_items)
-    check_eval(single, roles, n_items)
-
-    report = tmp_path / "report"
-    out = metacog("report", f"--run=base={base}", f"--run=S={single}", f"--out={report}").stdout
-    check_report(report, out, ["base", "S"], ["arithmetic", "comparison"])
-
-    hf = tmp_path / "hf"
-    out = metacog("export", f"--config={TINY}:task=single", f"--workdir={single}", f"--out={hf}").stdout
-    assert str(hf) in out
-    assert json.loads((hf / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert (hf / "model.safetensors").stat().st_size > 1e6
-
-
-@pytest.mark.slow
 def test_pipeline_with_real_sets_from_data_dir(shared_data, tmp_path):
     """20 train + 10 test questions of arithmetic and GSM8K, 10 of comparison and MedQA."""
     spec = f"--config={TINY}:task=single,domains=arithmetic+gsm8k,ood=comparison+medqa,data_dir={shared_data}"
     sizes = ["--config.data.n_train=20", "--config.data.n_test=10"]
     run = tmp_path / "run"
     for stage in ("sample", "targets", "train", "eval"):
-        metacog(stage, spec, *sizes, f"--workdir={run}", timeout=400)
+        out = metacog(stage, spec, *sizes, f"--workdir={run}", timeout=400).stdout
+        if stage == "train":
+            summary = json.loads(out[out.index("{"):])
+            assert summary["end_step"] == 4 and summary["lora_paths"] > 0
+            assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 4
     check_samples(run, {"arithmetic": 30, "gsm8k": 30, "comparison": 10, "medqa": 10})
     gsm = read_jsonl(run / "questions" / "gsm8k.jsonl")
     assert all(q["kind"] == "numeric" and q["answers"] for q in gsm)
@@ -270,6 +245,14 @@ def test_demo_runs_then_skips_finished_stages(tmp_path):
     tasks = {"S": "single", "C": "pairwise", "C+S": "multitask"}
     for name in conditions[1:]:
         assert (work / tasks[name] / "checkpoints" / "4").is_dir(), name
+    check_samples(work / "data", {"arithmetic": N_TRAIN + N_TEST, "comparison": N_TEST})
+    check_targets(work / "data")
+    rows = read_jsonl(work / "single" / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["loss_single"] > 0 and r["loss_pairwise"] == 0 for r in rows)
+    roles = {"arithmetic": "in_domain", "comparison": "out_of_domain"}
+    for run in ["base"] + [tasks[name] for name in conditions[1:]]:
+        check_eval(work / run, roles, {"arithmetic": N_TEST, "comparison": N_TEST})
     report_md = (work / "report" / "report.md").read_text()
 
     second = metacog("demo", f"--config={TINY}", f"--workdir={work}", timeout=300).stdout
@@ -278,6 +261,13 @@ def test_demo_runs_then_skips_finished_stages(tmp_path):
         assert f"[demo] {stage} ..." not in second, stage
     assert (work / "report" / "report.md").read_text() == report_md
     check_report(work / "report", second, conditions, datasets)
+
+    # The trained single-task model as a Hugging Face directory (base + merged LoRA adapters).
+    hf = tmp_path / "hf"
+    out = metacog("export", f"--config={TINY}:task=single", f"--workdir={work / 'single'}", f"--out={hf}").stdout
+    assert str(hf) in out
+    assert json.loads((hf / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert (hf / "model.safetensors").stat().st_size > 1e6
 
 
 # -- flags ----------------------------------------------------------------------------------------------------
@@ -316,45 +306,56 @@ def _fails(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in proc.stderr, f"{needle!r} not in:\n{proc.stderr[-3000:]}"
 
 
-def test_unknown_config_key_names_the_key(tmp_path):
-    proc = metacog("train", f"--config={TINY}", "--config.train.lrr=1", f"--workdir={tmp_path}", ok=False)
-    _fails(proc, "train.lrr", "did you mean train.lr")
+# In this process (cli.main, as the console script calls it): a process per case would spend seconds on
+# imports to print one line; the subprocess tests above check the script's own exit codes and output.
+def _main_fails(capsys, args: list[str], *needles: str) -> None:
+    from metacog_jax import cli
+
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code not in (0, None), f"exited {code}:\n{err[-2000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err[-3000:]}"
+
+
+def test_unknown_config_key_names_the_key(tmp_path, capsys):
+    _main_fails(capsys, ["train", f"--config={REPO / TINY}", "--config.train.lrr=1", f"--workdir={tmp_path}"],
+                "train.lrr", "did you mean train.lr")
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
-def test_missing_config_file_names_the_path(tmp_path):
-    proc = metacog("sample", "--config=configs/tinyy.py", f"--workdir={tmp_path}", ok=False)
-    _fails(proc, "configs/tinyy.py", "does not exist")
+def test_missing_config_file_names_the_path(tmp_path, capsys):
+    _main_fails(capsys, ["sample", f"--config={REPO / 'configs/tinyy.py'}", f"--workdir={tmp_path}"],
+                "configs/tinyy.py", "does not exist")
 
 
-def test_eval_before_train_names_the_workdir(data_run, tmp_path):
+def test_eval_before_train_names_the_workdir(data_run, tmp_path, capsys):
     run = tmp_path / "S"
-    proc = metacog("eval", f"--config={TINY}:task=single", f"--workdir={run}", f"--data_workdir={data_run}",
-                   ok=False)
-    _fails(proc, f"no checkpoint in {run / 'checkpoints'}", "metacog train")
+    _main_fails(capsys, ["eval", f"--config={REPO / TINY}:task=single", f"--workdir={run}",
+                         f"--data_workdir={data_run}"], f"no checkpoint in {run / 'checkpoints'}", "metacog train")
 
 
-def test_eval_before_sample_names_the_data_dir(tmp_path):
-    proc = metacog("eval", f"--config={TINY}:task=base", f"--workdir={tmp_path}", ok=False)
-    _fails(proc, str(tmp_path / "samples" / "arithmetic.jsonl"), "sample stage")
+def test_eval_before_sample_names_the_data_dir(tmp_path, capsys):
+    _main_fails(capsys, ["eval", f"--config={REPO / TINY}:task=base", f"--workdir={tmp_path}"],
+                str(tmp_path / "samples" / "arithmetic.jsonl"), "sample stage")
 
 
 @pytest.mark.parametrize("domains", ["arithmetic+nosuch", "arithmetic+"])
-def test_unknown_or_empty_domain_name(domains, tmp_path):
-    proc = metacog("sample", f"--config={TINY}:domains={domains}", f"--workdir={tmp_path}", ok=False)
+def test_unknown_or_empty_domain_name(domains, tmp_path, capsys):
     bad = domains.split("+")[1]
-    _fails(proc, f"unknown domain {bad!r}", "known domains: arithmetic")
+    _main_fails(capsys, ["sample", f"--config={REPO / TINY}:domains={domains}", f"--workdir={tmp_path}"],
+                f"unknown domain {bad!r}", "known domains: arithmetic")
     assert not (tmp_path / "samples" / "arithmetic.jsonl").exists()  # failed before sampling anything
 
 
-def test_empty_domains_override_is_a_clear_error(tmp_path):
-    proc = metacog("sample", f"--config={TINY}", "--config.data.domains=", f"--workdir={tmp_path}", ok=False)
-    _fails(proc, "data.domains")
+def test_empty_domains_override_is_a_clear_error(tmp_path, capsys):
+    _main_fails(capsys, ["sample", f"--config={REPO / TINY}", "--config.data.domains=", f"--workdir={tmp_path}"],
+                "data.domains")
 
 
-def test_no_in_domain_set_is_a_clear_error(tmp_path):
-    proc = metacog("targets", f"--config={TINY}:domains=", f"--workdir={tmp_path}", ok=False)
-    _fails(proc, "data.domains")
+def test_no_in_domain_set_is_a_clear_error(tmp_path, capsys):
+    _main_fails(capsys, ["targets", f"--config={REPO / TINY}:domains=", f"--workdir={tmp_path}"], "data.domains")
 
 
 def test_training_stopped_by_sigterm_is_not_taken_for_a_finished_stage(monkeypatch, tmp_path):

@@ -28,7 +28,7 @@ WORKER = REPO / "tests" / "stages_worker.py"
 _VOLATILE = {"seconds", "created_at", "path"}
 
 
-def _launch(workdir: Path, spec: dict, processes: int, cache: Path, timeout: float = 600) -> list[list[dict]]:
+def _launch(workdir: Path, spec: dict, processes: int, cache: str, timeout: float = 600) -> list[list[dict]]:
     """Run the worker as `processes` processes; returns each process's RESULT lines."""
     env = dict(os.environ)
     env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
@@ -84,7 +84,7 @@ def tokenizer_dir(tmp_path_factory, smol_tokenizer) -> Path:
 
 @pytest.mark.slow
 def test_two_processes_write_what_one_writes_and_resume(tmp_path, tokenizer_dir):
-    cache = tmp_path / "xla"
+    cache = os.environ.get("METACOG_COMPILATION_CACHE") or str(tmp_path / "xla")  # the run's (conftest)
     one, two = tmp_path / "one", tmp_path / "two"
     [reference] = _launch(one, {"stages": ["sample", "grade", "eval", "explain"], "tokenizer": str(tokenizer_dir)},
                           1, cache)

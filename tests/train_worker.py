@@ -1,7 +1,8 @@
 """Runs a short training job in its own process (fake CPU devices must be set before jax is imported).
 
 usage: python tests/train_worker.py WORKDIR '{"json": "overrides"}'
-Overrides are dotted config fields. Env: XLA_FLAGS for fake devices; METACOG_* for multi-process runs.
+Overrides are dotted config fields. Env: XLA_FLAGS for fake devices; METACOG_* for multi-process runs and
+the compilation cache.
 Prints one JSON line: the final trainable parameters' checksum and the per-step losses.
 """
 
@@ -45,6 +46,7 @@ def main():
     from metacog_jax.train.trainer import train
 
     runtime.maybe_initialize_distributed()  # before any device use; train() would do it too
+    runtime.enable_compilation_cache()  # METACOG_COMPILATION_CACHE: the test run's shared cache
     c = default_config()
     c.model.name = "random"
     c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.peak_flops = 5, 8, 1, 1e11
