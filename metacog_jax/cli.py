@@ -128,6 +128,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     gap.add_argument("--theta", default=None, metavar="T1,T2",
                      help="selection-rule thresholds for the post-hoc selection (default: cross-fitted)")
     gap.add_argument("--folds", type=int, default=5, help="folds of the items for cross-fitting θ (default: %(default)s)")
+    gap.add_argument("--resamples", type=int, default=1000,
+                     help="bootstrap resamples behind every interval (default: %(default)s)")
 
     study = command("study")
     actions = study.add_subparsers(dest="action", title="actions", metavar="ACTION")
@@ -321,7 +323,7 @@ def _run(cmd, args, spec, overrides) -> int:
             if len(theta) != 2:
                 raise ValueError(f"--theta={args.theta!r}: expected two numbers T1,T2 (e.g. 0.4,0.6)")
         result = gap.gap_report(gap.read_items_jsonl(args.items), gap.read_ratings_csv(args.ratings),
-                                args.out or "gap", theta=theta, n_folds=args.folds)
+                                args.out or "gap", n_resamples=args.resamples, theta=theta, n_folds=args.folds)
         print((Path(args.out or "gap") / "gap.md").read_text())
         return 0 if result else 1
     if cmd == "study":

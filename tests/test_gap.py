@@ -177,7 +177,7 @@ def test_mean_rating_by_style():
 
 
 def test_gap_report_writes_files(tmp_path):
-    report = gap.gap_report(ITEMS, _ratings() + ATTENTION, tmp_path / "report", n_resamples=100)
+    report = gap.gap_report(ITEMS, _ratings() + ATTENTION, tmp_path / "report", n_resamples=100)  # as `gaps`
     out = tmp_path / "report"
     data = read_strict_json(out / "gap.json")  # strict JSON: NaN written as null
     assert set(data["conditions"]) == {"default", "selected"}
@@ -311,10 +311,10 @@ def test_posthoc_selection_with_given_thresholds_keeps_the_rule_s_style():
 
 def test_posthoc_selection_cross_fits_thresholds_on_the_other_folds():
     ratings = _posthoc_ratings()
-    r = gap.posthoc_selection(PH_ITEMS, ratings, n_folds=4, n_resamples=30)
+    r = gap.posthoc_selection(PH_ITEMS, ratings, n_folds=4, n_resamples=20)
     for t1, t2 in r["theta"]["cross_fitted"]["per_fold"]:
         assert 0.15 <= t1 < 0.45 <= t2 < 0.85  # the rule under which people are best calibrated
-    given = gap.posthoc_selection(PH_ITEMS, ratings, theta=(0.4, 0.6), n_resamples=5)
+    given = gap.posthoc_selection(PH_ITEMS, ratings, theta=(0.4, 0.6), n_resamples=20)
     assert r["metrics"]["human_ece"]["estimate"] == pytest.approx(given["metrics"]["human_ece"]["estimate"])
     assert r["metrics"]["n_selected_ratings"]["estimate"] == 120  # both lengths
     assert r["bootstrap"]["scheme"].endswith("θ refit in every resample")
@@ -325,7 +325,7 @@ def test_posthoc_selection_cross_fits_thresholds_on_the_other_folds():
     folds = gap._item_folds(data.item_ids, 4, 0)
     in_fold0 = {data.item_ids[i] for i in np.nonzero(folds == 0)[0]}
     spoiled = [dict(x, rating=1.0 - x["rating"]) if x["item_id"] in in_fold0 else x for x in ratings]
-    again = gap.posthoc_selection(PH_ITEMS, spoiled, n_folds=4, n_resamples=5)
+    again = gap.posthoc_selection(PH_ITEMS, spoiled, n_folds=4, n_resamples=20)  # r's compiled program
     assert again["theta"]["cross_fitted"]["per_fold"][0] == r["theta"]["cross_fitted"]["per_fold"][0]
     assert again["metrics"]["human_ece"]["estimate"] > r["metrics"]["human_ece"]["estimate"] + 0.1
 
@@ -364,7 +364,7 @@ def test_gap_command_takes_given_thresholds_and_names_a_bad_one(tmp_path, capsys
         writer.writerows({k: r[k] for k in gap.RATINGS_COLUMNS} for r in _posthoc_ratings(jitter=0.01)
                          if r["style"].endswith("_long"))
     assert cli.main(["gap", f"--items={items}", f"--ratings={ratings}", f"--out={tmp_path / 'g'}",
-                     "--theta=0.4,0.6"]) == 0
+                     "--theta=0.4,0.6", "--resamples=20"]) == 0
     assert "θ given: 0.4, 0.6" in capsys.readouterr().out
     assert cli.main(["gap", f"--items={items}", f"--ratings={ratings}", "--theta=0.4"]) == 2
     assert "--theta='0.4': expected two numbers" in capsys.readouterr().err
