@@ -17,8 +17,8 @@ the same step compiled unscanned at 1 and 2 layers (XLA counts a loop body once)
 
 per chip, with the published figures in metacog_jax/plan.py (TPU_CHIPS). Estimates, not measurements.
 
-    .venv/bin/python benchmarks/plan.py [--rows smollm2,qwen] [--batch 64] [--timeout 1800] [--json out.json]
-        [--markdown out.md]
+    .venv/bin/python benchmarks/plan.py [--rows smollm2,qwen] [--batch 64] [--mesh 1,8,1] [--remat matmuls]
+        [--timeout 1800] [--json out.json] [--markdown out.md]
 
 A benchmark, not a test.
 """
@@ -53,11 +53,14 @@ class Row:
     batch: int
     seq_len: int = 512
     remat: str = "full"
+    mesh: tuple[int, int, int] | None = None  # (data, fsdp, tensor); None: the preset's own
 
     def overrides(self) -> list[str]:
         out = ["model.dtype=bfloat16", f"model.param_dtype={'bfloat16' if self.lora else 'float32'}",
                "model.scan_layers=True", f"train.remat={self.remat}",
                f"train.batch_size={self.batch}", f"train.max_len={self.seq_len}"]
+        if self.mesh is not None:
+            out.append("mesh.shape=" + ",".join(str(n) for n in self.mesh))
         if not self.lora:
             out.append("train.lora.rank=0")
         return out
@@ -134,6 +137,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=None,
                     help="global batch (rows of seq_len tokens) instead of each row's own: the search for the "
                          "smallest batch that reaches a target MFU")
+    ap.add_argument("--mesh", default=None, help="data,fsdp,tensor for every row instead of each row's own")
+    ap.add_argument("--remat", default=None, choices=("none", "matmuls", "full"),
+                    help="train.remat for every row instead of each row's own")
     ap.add_argument("--json", default=None, help="write the plans and timings as JSON")
     ap.add_argument("--markdown", default=None, help="write the table (with date and machine) as Markdown")
     args = ap.parse_args()
@@ -141,6 +147,16 @@ def main() -> int:
     rows = [r for r in ROWS if not wanted or any(w in r.name for w in wanted)]
     if args.batch:
         rows = [dataclasses.replace(r, batch=args.batch) for r in rows]
+    if args.mesh:
+        try:
+            mesh = tuple(int(n) for n in args.mesh.split(","))
+        except ValueError:
+            mesh = ()
+        if len(mesh) != 3:
+            ap.error(f"--mesh={args.mesh!r}: expected three integers, data,fsdp,tensor")
+        rows = [dataclasses.replace(r, mesh=mesh) for r in rows]
+    if args.remat:
+        rows = [dataclasses.replace(r, remat=args.remat) for r in rows]
     results = []
     for row in rows:
         print(f"{row.name} on {row.topology} ...", file=sys.stderr, flush=True)
