@@ -145,8 +145,7 @@ def main() -> int:
     args = ap.parse_args()
     wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
     rows = [r for r in ROWS if not wanted or any(w in r.name for w in wanted)]
-    if args.batch:
-        rows = [dataclasses.replace(r, batch=args.batch) for r in rows]
+    mesh = None
     if args.mesh:
         try:
             mesh = tuple(int(n) for n in args.mesh.split(","))
@@ -154,9 +153,8 @@ def main() -> int:
             mesh = ()
         if len(mesh) != 3:
             ap.error(f"--mesh={args.mesh!r}: expected three integers, data,fsdp,tensor")
-        rows = [dataclasses.replace(r, mesh=mesh) for r in rows]
-    if args.remat:
-        rows = [dataclasses.replace(r, remat=args.remat) for r in rows]
+    changes = {k: v for k, v in (("batch", args.batch), ("mesh", mesh), ("remat", args.remat)) if v}
+    rows = [dataclasses.replace(r, **changes) for r in rows]
     results = []
     for row in rows:
         print(f"{row.name} on {row.topology} ...", file=sys.stderr, flush=True)

@@ -1,9 +1,9 @@
 """A GGUF file's metadata and tensor directory, read in one pass (the data stays memory-mapped).
 
 `gguf.GGUFReader` builds a NumPy view for every part of every metadata value; on SmolLM2's file (49,152
-tokens and 48,900 merges as string arrays) that takes about ten seconds, paid by every process that loads
-the model or only its tokenizer. This reader parses the same header with `struct` over an `mmap` in a few
-tenths of a second and exposes what the loaders use: `metadata` (key -> Python value: numbers, bool, str,
+tokens and 48,900 merges as string arrays) that takes seconds, paid by every process that loads the model
+or only its tokenizer. This reader parses the same header with `struct` over an `mmap`, 32x faster there
+(benchmarks/gguf_header.py), and exposes what the loaders use: `metadata` (key -> Python value: numbers, bool, str,
 lists) and `tensors` (name, ggml dims innermost first, ggml type, data as the same NumPy view
 `gguf.GGUFReader` gives, which `gguf.quants.dequantize` takes). Layout (ggml's GGUF spec, versions 2 and 3):
 

@@ -48,38 +48,34 @@ _SUPPORTED = ("'gpt2' (byte-level BPE: SmolLM2, Llama 3, Qwen2/3)",
               "'llama' (SentencePiece: Gemma 1-3, Llama 2, Mistral, Phi-3)")
 
 
-def _field(gf, key, default=None):
-    return gf.metadata.get(key, default)
-
-
 def tokenizer_from_gguf(gf, source: str = "model.gguf"):
     """Build a PreTrainedTokenizerFast from a parsed GGUF file (`gguf_file.read_gguf`; 'gpt2' or 'llama' models)."""
     from transformers import PreTrainedTokenizerFast
 
-    kind = _field(gf, "tokenizer.ggml.model")
+    kind = gf.get("tokenizer.ggml.model")
     extra = {}
     if kind == "gpt2":
         backend = _byte_level_backend(gf)
-        add_bos = bool(_field(gf, "tokenizer.ggml.add_bos_token", False))
+        add_bos = bool(gf.get("tokenizer.ggml.add_bos_token", False))
     elif kind == "llama":
         backend = _sentencepiece_backend(gf)
         # llama.cpp adds BOS to a SentencePiece vocab unless the file says otherwise (transformers follows it).
-        add_bos = bool(_field(gf, "tokenizer.ggml.add_bos_token", True))
-        extra["add_eos_token"] = bool(_field(gf, "tokenizer.ggml.add_eos_token", False))
+        add_bos = bool(gf.get("tokenizer.ggml.add_bos_token", True))
+        extra["add_eos_token"] = bool(gf.get("tokenizer.ggml.add_eos_token", False))
     else:
         raise ValueError(
             f"{source}: GGUF tokenizer model {kind!r} (tokenizer.ggml.model) is not supported; supported: "
             f"{', '.join(_SUPPORTED)}. Load the model from its Hugging Face directory instead")
-    tokens = _field(gf, "tokenizer.ggml.tokens")
+    tokens = gf.get("tokenizer.ggml.tokens")
 
     def tok(key):
-        i = _field(gf, f"tokenizer.ggml.{key}")
+        i = gf.get(f"tokenizer.ggml.{key}")
         return tokens[int(i)] if i is not None else None
 
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=tok("bos_token_id"), eos_token=tok("eos_token_id"),
         unk_token=tok("unknown_token_id"), pad_token=tok("padding_token_id") or tok("eos_token_id"),
-        chat_template=_field(gf, "tokenizer.chat_template"), add_bos_token=add_bos,
+        chat_template=gf.get("tokenizer.chat_template"), add_bos_token=add_bos,
         clean_up_tokenization_spaces=False, **extra)
 
 
@@ -100,12 +96,12 @@ def _byte_level_backend(gf):
     """'gpt2': byte-level BPE from the file's vocab and merges."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    tokens = _field(gf, "tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in _field(gf, "tokenizer.ggml.merges")]
-    types = _field(gf, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    tokens = gf.get("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in gf.get("tokenizer.ggml.merges")]
+    types = gf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     vocab = {tok: i for i, tok in enumerate(tokens)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    split = _PRE_TOKENIZER_SPLITS.get(_field(gf, "tokenizer.ggml.pre"))
+    split = _PRE_TOKENIZER_SPLITS.get(gf.get("tokenizer.ggml.pre"))
     if split is None:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
@@ -135,9 +131,9 @@ def _sentencepiece_backend(gf):
     """'llama': SentencePiece BPE over the file's pieces, byte fallback to the <0xNN> pieces."""
     from tokenizers import Tokenizer, decoders, models, normalizers
 
-    tokens = list(_field(gf, "tokenizer.ggml.tokens"))
-    types = _field(gf, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    gemma = _field(gf, "general.architecture") in _GEMMA_ARCHS
+    tokens = list(gf.get("tokenizer.ggml.tokens"))
+    types = gf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    gemma = gf.get("general.architecture") in _GEMMA_ARCHS
     if gemma:
         # llama.cpp writes Gemma's user-defined pieces with " " for "▁" (its runs of spaces: "  "), but text is
         # normalized to "▁" before lookup, so spell them back. Gemma's scores do not follow its merge order,
@@ -147,11 +143,11 @@ def _sentencepiece_backend(gf):
         prefix = False
     else:
         pieces = tokens
-        priority = [float(s) for s in _field(gf, "tokenizer.ggml.scores") or [-i for i in range(len(tokens))]]
-        prefix = bool(_field(gf, "tokenizer.ggml.add_space_prefix", True))
-    unk = _field(gf, "tokenizer.ggml.unknown_token_id")
+        priority = [float(s) for s in gf.get("tokenizer.ggml.scores") or [-i for i in range(len(tokens))]]
+        prefix = bool(gf.get("tokenizer.ggml.add_space_prefix", True))
+    unk = gf.get("tokenizer.ggml.unknown_token_id")
     vocab = {t: i for i, t in enumerate(pieces)}
-    merges = _field(gf, "tokenizer.ggml.merges")  # seldom there; else rebuilt from the pieces
+    merges = gf.get("tokenizer.ggml.merges")  # seldom there; else rebuilt from the pieces
     merges = [tuple(m.split(" ", 1)) for m in merges] if merges else _merges_from_pieces(pieces, priority)
     backend = Tokenizer(models.BPE(
         vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True,
