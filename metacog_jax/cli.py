@@ -322,6 +322,8 @@ def _run(cmd, args, spec, overrides) -> int:
                 theta = ()
             if len(theta) != 2:
                 raise ValueError(f"--theta={args.theta!r}: expected two numbers T1,T2 (e.g. 0.4,0.6)")
+        if args.resamples < 1:
+            raise ValueError(f"--resamples={args.resamples}: expected at least 1")
         result = gap.gap_report(gap.read_items_jsonl(args.items), gap.read_ratings_csv(args.ratings),
                                 args.out or "gap", n_resamples=args.resamples, theta=theta, n_folds=args.folds)
         print((Path(args.out or "gap") / "gap.md").read_text())

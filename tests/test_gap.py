@@ -368,3 +368,7 @@ def test_gap_command_takes_given_thresholds_and_names_a_bad_one(tmp_path, capsys
     assert "θ given: 0.4, 0.6" in capsys.readouterr().out
     assert cli.main(["gap", f"--items={items}", f"--ratings={ratings}", "--theta=0.4"]) == 2
     assert "--theta='0.4': expected two numbers" in capsys.readouterr().err
+    assert cli.main(["gap", f"--items={items}", f"--ratings={ratings}", f"--out={tmp_path / 'none'}",
+                     "--resamples=0"]) == 2
+    assert "--resamples=0: expected at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()  # refused before anything was written
