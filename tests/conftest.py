@@ -20,6 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 _RUN_CACHE = None
 if "METACOG_COMPILATION_CACHE" not in os.environ:
     _RUN_CACHE = os.environ["METACOG_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="metacog-test-xla-")
+# XLA:CPU code generation at LLVM's lowest optimization level for every test process and subprocess: the
+# tests' programs are tiny, so compiling them is most of the suite's time and running them little of it
+# (matmuls still go to the same library kernels). The results are the same programs' results; tests that set
+# XLA_FLAGS for fake devices start from xla_flags(). A level given in the environment is kept.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess with `devices` fake CPU devices (and the run's code-generation level)."""
+    return f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"
+
+
 # The tests run on the CPU (fake multi-device meshes). With the `tpu` extra installed (make test installs it for
 # tests/test_plan.py) jax would otherwise try to start the TPU runtime in every test process and subprocess.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

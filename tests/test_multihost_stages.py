@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "stages_worker.py"
@@ -31,7 +32,7 @@ _VOLATILE = {"seconds", "created_at", "path"}
 def _launch(workdir: Path, spec: dict, processes: int, cache: str, timeout: float = 600) -> list[list[dict]]:
     """Run the worker as `processes` processes; returns each process's RESULT lines."""
     env = dict(os.environ)
-    env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(2),
                 "METACOG_COMPILATION_CACHE": str(cache),
                 "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     for key in ("METACOG_COORDINATOR", "METACOG_NUM_PROCESSES", "METACOG_PROCESS_ID", "METACOG_DISTRIBUTED"):

@@ -18,6 +18,7 @@ from flax import nnx
 from metacog_jax.data import procedural, prompts
 from metacog_jax.data.pairs import CHOICE_LABELS
 from metacog_jax.evaluation import scoring
+from conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -251,7 +252,7 @@ def test_sharded_batches_equal_unsharded():
         sharded = scoring.score_labels(model, Tok(), prefixes, labels, batch_size=4, mesh=mesh)
         print(json.dumps(float(np.abs(plain - sharded).max())))
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=180)

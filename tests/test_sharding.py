@@ -19,6 +19,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from metacog_jax import sharding
+from conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_with_devices(code: str, devices: int = 8, timeout: float = 120) -> str:
     """Run ``code`` in a fresh Python with ``devices`` fake CPU devices; return its stdout."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     for key in [k for k in env if k.startswith("METACOG_")]:
@@ -266,7 +267,7 @@ def test_two_processes_agree_on_global_mesh():
                 "METACOG_NUM_PROCESSES": "2",
                 "METACOG_PROCESS_ID": str(process_id),
                 "METACOG_INIT_TIMEOUT": "40",
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                "XLA_FLAGS": xla_flags(4),
                 "JAX_PLATFORMS": "cpu",
                 "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             })
