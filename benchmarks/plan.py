@@ -76,10 +76,10 @@ ROWS = (
     Row("llama3.1-70b lora v5e", "llama3.1_70b", "v5e:16x16", True, 32),
     Row("qwen2.5-7b lora v5e", "qwen2.5_7b", "v5e:2x4", True, 32),
     Row("smollm2-135m lora v5e", "smollm2_135m", "v5e:2x2", True, 32),
-    # The batch search for the 40% estimated-MFU target (README, "Will it fit?"): the rows above below it at the
-    # issue's batch, at larger global batches. 96 rows is the smallest multiple of the 70B v5e:16x16 mesh's 32
-    # batch shards that gets there (64: 37%); the v6e rows under pure FSDP, their best layout (LoRA's activations
-    # fit without rematerialization: 6 of 30 GiB per chip with full remat).
+    # The search for the 40% estimated-MFU target (README, "Will it fit?"): the rows above that miss it at the
+    # issue's batch, at larger global batches or another layout. 96 rows is the smallest multiple of the 70B
+    # v5e:16x16 mesh's 32 batch shards that gets there (64: 37%); the v6e rows under pure FSDP, their best
+    # layout (LoRA's activations fit without rematerialization: 6 of 30 GiB per chip with full remat).
     Row("llama3.1-70b lora v5e (96 rows)", "llama3.1_70b", "v5e:16x16", True, 96),
     Row("llama3.1-8b lora v6e (64 rows)", "llama3.1_8b", "v6e:2x4", True, 64, mesh=(1, 8, 1)),
     Row("llama3.1-8b lora v6e (32 rows, no remat)", "llama3.1_8b", "v6e:2x4", True, 32, remat="none", mesh=(1, 8, 1)),
