@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,15 @@ def test_subsample_through_load_questions(tfds_dir, load_all):
     assert a == load_questions("nq_open", DATA, tfds_dir, "train", n=50, seed=0)
     assert set(a) < set(load_questions("nq_open", DATA, tfds_dir, "train", n=120, seed=0))
     assert set(a) != set(load_questions("nq_open", DATA, tfds_dir, "train", n=50, seed=1))
+
+
+def test_building_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    """TFDS's look-up of precomputed metadata made an empty tmp*tfds folder there for every new build."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert len(load_questions("truthfulqa", DATA, tmp_path / "tfds", "all")) == 817
+    assert list(temp.iterdir()) == []
 
 
 def test_built_data_is_reused_without_manual_dir(tfds_dir, load_all, tmp_path):

@@ -128,6 +128,17 @@ def make_question(location: str, **fields: Any) -> Question:
         raise MalformedRecordError(f"{location}: {e}") from e
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo of a set built here from local files: no look-up in TFDS's GCS bucket.
+
+    TFDS asks its bucket for precomputed metadata whenever a builder starts on a set not yet prepared, and
+    makes a temporary folder for the answer first, left behind empty in the system's temp dir every time (our
+    sets are never in that bucket, and GCS access is off without TensorFlow anyway)."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class QuestionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base class: a TFDS builder whose examples are serialized Questions.
 
@@ -188,7 +199,7 @@ class QuestionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # ---- TFDS hooks -------------------------------------------------------
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=self.DESCRIPTION,
             homepage=self.HOMEPAGE,
