@@ -20,13 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 _RUN_CACHE = None
 if "METACOG_COMPILATION_CACHE" not in os.environ:
     _RUN_CACHE = os.environ["METACOG_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="metacog-test-xla-")
-# XLA:CPU code generation at LLVM's lowest optimization level for every test process and subprocess: the
-# tests' programs are tiny, so compiling them is most of the suite's time and running them little of it
-# (matmuls still go to the same library kernels). The results are the same programs' results; tests that set
-# XLA_FLAGS for fake devices start from xla_flags(). A level given in the environment is kept.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
+# XLA:CPU's quickest code generation for every test process and subprocess: the tests' programs are tiny, so
+# compiling them is most of the suite's time and running them little of it. LLVM at its lowest optimization
+# level, and fusions emitted by the classic elemental emitters instead of the newer MLIR fusion emitters (the
+# two compile the same HLO; the classic path compiles these programs in about half the time). Matmuls still go
+# to the same library kernels, and the tests' tolerances are the ones they had. Tests that set XLA_FLAGS for
+# fake devices start from xla_flags(). A flag already given in the environment is kept as given.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+for _flag in TEST_XLA_FLAGS:
+    if _flag.split("=")[0].lstrip("-") not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{_flag} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 
 def xla_flags(devices: int) -> str:

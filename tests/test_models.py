@@ -178,7 +178,7 @@ def test_attention_window_on_packed_rows(pair, monkeypatch):
 
     def run(block, window):
         monkeypatch.setattr(decoder, "CAUSAL_BLOCK", block)
-        return jax.value_and_grad(loss)(state, window)
+        return jax.jit(jax.value_and_grad(loss), static_argnums=1)(state, window)  # traced here, after the patch
 
     def assert_same(a, b):
         np.testing.assert_allclose(float(a[0]), float(b[0]), rtol=1e-6)
