@@ -177,9 +177,11 @@ def test_smollm2_135m_compiles_and_fits_on_v5e_2x2():
 @pytest.mark.slow
 def test_llama8b_width_train_step_compiles_sharded_on_v5e_4x4():
     """4 layers at Llama-3.1-8B's width (hidden 4096, 32 heads, vocab 128,256), full fine-tuning, bfloat16,
-    scanned with full remat, on the preset's (1, -1, 4) mesh: fsdp 4 x tensor 4."""
+    scanned with full remat, on the preset's (1, -1, 4) mesh: fsdp 4 x tensor 4. 8 x 128 tokens, 2 rows a batch
+    shard: what XLA:TPU's code generation takes grows with the tokens (70 s at 16 x 128, 50 s at 8 x 128 on 2
+    cores), and the shardings checked here do not depend on them."""
     config = _config("llama3.1_8b", "model.dtype=bfloat16", "model.param_dtype=bfloat16", "train.lora.rank=0",
-                     "model.scan_layers=True", "train.remat=full", "train.batch_size=16", "train.max_len=128")
+                     "model.scan_layers=True", "train.remat=full", "train.batch_size=8", "train.max_len=128")
     # Memory and sharding only (the costs' two extra unscanned compiles would triple the time).
     result = plan_lib.plan(config, "v5e:4x4", steps=("train",), num_layers=4, layer_costs=False)
     assert result.steps and result.steps[0].costs == "one loop body"
