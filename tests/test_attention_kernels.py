@@ -61,6 +61,21 @@ def test_fused_attention_equals_the_reference(impl, scan, window):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * max(1.0, float(np.abs(b).max())))
 
 
+def test_a_float32_model_keeps_the_reference_where_cudnn_needs_half_precision():
+    """cuDNN's fused attention takes bfloat16/float16 only (jax raises NotImplementedError for float32), so a
+    float32 model built for cuDNN runs the reference attention. Checked on the CPU, where the cuDNN call
+    itself would fail ("cuDNN is not detected")."""
+    assert attention_kernels.supports("cudnn", 128, jnp.bfloat16) and attention_kernels.supports("cudnn", 128)
+    assert not attention_kernels.supports("cudnn", 128, jnp.float32)
+    assert attention_kernels.supports("xla", 128, jnp.float32)
+    tokens, pos, seg = _rows()
+    logits = {}
+    for impl in ("reference", "cudnn"):
+        model = decoder.Decoder(CFG, rngs=nnx.Rngs(0), attention=impl)
+        logits[impl] = np.asarray(model(tokens, pos, segment_ids=seg)[0])
+    np.testing.assert_array_equal(logits["cudnn"], logits["reference"])
+
+
 def test_auto_picks_by_platform_and_unknown_names_fail():
     assert attention_kernels.resolve("auto", "tpu") == "splash"
     assert attention_kernels.resolve("auto", "gpu") == "cudnn"

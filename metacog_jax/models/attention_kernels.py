@@ -9,7 +9,8 @@ train step; any forward without a KV cache or a tree mask) the decoder can inste
   (`jax.shard_map`: rows over the batch axes, heads over `tensor`). Off a TPU it runs in Pallas interpret
   mode, which is how the tests check it against the reference on a CPU.
 * `cudnn` (GPU): `jax.nn.dot_product_attention` with its cuDNN implementation (`implementation="xla"`
-  is the same call on a CPU, which the tests check).
+  is the same call on a CPU, which the tests check). cuDNN's kernel takes bfloat16/float16 only: a model
+  computing in float32 keeps the reference attention.
 * `auto` (default): `splash` on TPU, `cudnn` on GPU, `reference` elsewhere, decided from the devices the
   model is built for (`resolve`).
 
@@ -50,11 +51,18 @@ def splash_block(length: int) -> int:
     return next((b for b in SPLASH_BLOCKS if length % b == 0), 0)
 
 
-def supports(implementation: str, length: int) -> bool:
-    """Whether `implementation` can run rows of `length` tokens (else the decoder uses the reference)."""
+# cuDNN's fused attention takes half-precision queries, keys and values only (jax raises on float32).
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def supports(implementation: str, length: int, dtype=None) -> bool:
+    """Whether `implementation` can run rows of `length` tokens computed in `dtype` (None: any); else the
+    decoder uses the reference (a float32 model on a GPU keeps it: cuDNN's kernel is bfloat16/float16)."""
     if implementation in ("splash", "splash_interpret"):
         return splash_block(length) > 0
-    return implementation in ("cudnn", "xla")
+    if implementation == "cudnn":
+        return dtype is None or jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES]
+    return implementation == "xla"
 
 
 def _splash_kernel(length: int, heads: int, window: int, interpret: bool):

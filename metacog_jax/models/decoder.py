@@ -582,7 +582,7 @@ class Decoder(nnx.Module):
             local = self._sliding_inputs(positions, mask, cache, attention_mask is not None, full)
         fused = None
         if (self.attention != "reference" and cache is None and attention_mask is None
-                and attention_kernels.supports(self.attention, t)):
+                and attention_kernels.supports(self.attention, t, x.dtype)):
             w_local = min(w for w in (window, cfg.sliding_window) if w) if (window or cfg.sliding_window) else 0
             fused = (self.attention, segment_ids, (window, w_local if cfg.has_sliding_layers else window))
         run = self._scanned if self.scan_layers else self._looped
