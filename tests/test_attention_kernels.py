@@ -61,6 +61,46 @@ def test_fused_attention_equals_the_reference(impl, scan, window):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * max(1.0, float(np.abs(b).max())))
 
 
+def _gpu():
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:  # no GPU backend: jax[cuda] not installed, none visible, or JAX_PLATFORMS=cpu
+        return None
+
+
+def test_cudnn_on_a_gpu_equals_the_reference():
+    """The cuDNN kernel itself (bfloat16, packed rows with padding, a sliding and a full layer) against the
+    reference attention in the same dtype on the same GPU, logits and gradients. Runs only where jax sees a
+    GPU: `JAX_PLATFORMS=cuda,cpu pytest tests/test_attention_kernels.py -k gpu` with jax[cuda12] installed."""
+    gpu = _gpu()
+    if gpu is None:
+        pytest.skip("needs a GPU that jax sees (jax[cuda12], JAX_PLATFORMS=cuda,cpu): cuDNN runs only there")
+    tokens, pos, seg = _rows()
+
+    def run(impl, segments):
+        model = decoder.Decoder(CFG, rngs=nnx.Rngs(0), attention=impl, dtype=jnp.bfloat16)
+        graphdef, params = nnx.split(model, nnx.Param)
+        real = segments[..., None] > 0
+
+        def loss(params):
+            logits, _ = nnx.merge(graphdef, params)(tokens, pos, segment_ids=segments)
+            logits = logits.astype(jnp.float32)
+            return jnp.sum(jnp.where(real, logits, 0.0) ** 2) * 1e-3, logits
+
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return np.asarray(logits)[np.asarray(seg) > 0], float(value), jax.tree.leaves(grads)
+
+    with jax.default_device(gpu):
+        want, got = run("reference", seg), run("cudnn", seg)
+        merged = run("reference", (seg > 0).astype(jnp.int32))  # the packed examples see each other
+    tol = 3e-2 * max(1.0, float(np.abs(want[0]).max()))  # bfloat16: about 3 significant digits
+    assert np.abs(merged[0] - want[0]).max() > 5 * tol, "the tolerance would not see a wrong segment mask"
+    np.testing.assert_allclose(got[0], want[0], atol=tol)
+    assert got[1] == pytest.approx(want[1], rel=3e-2)
+    for a, b in zip(got[2], want[2]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-2 * max(1.0, float(np.abs(b).max())))
+
+
 def test_a_float32_model_keeps_the_reference_where_cudnn_needs_half_precision():
     """cuDNN's fused attention takes bfloat16/float16 only (jax raises NotImplementedError for float32), so a
     float32 model built for cuDNN runs the reference attention. Checked on the CPU, where the cuDNN call
