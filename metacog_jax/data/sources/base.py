@@ -133,7 +133,7 @@ class _LocalDatasetInfo(tfds.core.DatasetInfo):
 
     TFDS asks its bucket for precomputed metadata whenever a builder starts on a set not yet prepared, and
     makes a temporary folder for the answer first, left behind empty in the system's temp dir every time (our
-    sets are never in that bucket, and GCS access is off without TensorFlow anyway)."""
+    sets are never in that bucket, and this TFDS keeps GCS access off by default anyway)."""
 
     def initialize_from_bucket(self) -> None:
         return None
