@@ -34,15 +34,19 @@ def _rows():
     return tokens, jnp.asarray(pos), jnp.asarray(seg)
 
 
-def _loss_and_grads(impl: str, scan: bool, window: int):
+def _loss_and_grads(impl: str, scan: bool = False, window: int = 0, dtype=jnp.float32, segments=None):
+    """Logits at the real tokens, loss and gradients of a model computing in `dtype`; `segments` replaces
+    the rows' segment ids (the logits are still read at _rows()'s real tokens)."""
     tokens, pos, seg = _rows()
-    model = decoder.Decoder(CFG, rngs=nnx.Rngs(0), scan_layers=scan, attention=impl)
+    segments = seg if segments is None else segments
+    model = decoder.Decoder(CFG, rngs=nnx.Rngs(0), scan_layers=scan, attention=impl, dtype=dtype)
     graphdef, params = nnx.split(model, nnx.Param)
-    real = seg[..., None] > 0
+    real = segments[..., None] > 0
 
     def loss(params):
-        logits, _ = nnx.merge(graphdef, params)(tokens, pos, segment_ids=seg, attention_window=window,
+        logits, _ = nnx.merge(graphdef, params)(tokens, pos, segment_ids=segments, attention_window=window,
                                                 remat="full" if scan else "none")
+        logits = logits.astype(jnp.float32)
         return jnp.sum(jnp.where(real, logits, 0.0) ** 2) * 1e-3, logits
 
     (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
@@ -75,24 +79,11 @@ def test_cudnn_on_a_gpu_equals_the_reference():
     gpu = _gpu()
     if gpu is None:
         pytest.skip("needs a GPU that jax sees (jax[cuda12], JAX_PLATFORMS=cuda,cpu): cuDNN runs only there")
-    tokens, pos, seg = _rows()
-
-    def run(impl, segments):
-        model = decoder.Decoder(CFG, rngs=nnx.Rngs(0), attention=impl, dtype=jnp.bfloat16)
-        graphdef, params = nnx.split(model, nnx.Param)
-        real = segments[..., None] > 0
-
-        def loss(params):
-            logits, _ = nnx.merge(graphdef, params)(tokens, pos, segment_ids=segments)
-            logits = logits.astype(jnp.float32)
-            return jnp.sum(jnp.where(real, logits, 0.0) ** 2) * 1e-3, logits
-
-        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-        return np.asarray(logits)[np.asarray(seg) > 0], float(value), jax.tree.leaves(grads)
-
+    merged_segments = (_rows()[2] > 0).astype(jnp.int32)  # the packed examples see each other
     with jax.default_device(gpu):
-        want, got = run("reference", seg), run("cudnn", seg)
-        merged = run("reference", (seg > 0).astype(jnp.int32))  # the packed examples see each other
+        want = _loss_and_grads("reference", dtype=jnp.bfloat16)
+        got = _loss_and_grads("cudnn", dtype=jnp.bfloat16)
+        merged = _loss_and_grads("reference", dtype=jnp.bfloat16, segments=merged_segments)
     tol = 3e-2 * max(1.0, float(np.abs(want[0]).max()))  # bfloat16: about 3 significant digits
     assert np.abs(merged[0] - want[0]).max() > 5 * tol, "the tolerance would not see a wrong segment mask"
     np.testing.assert_allclose(got[0], want[0], atol=tol)

@@ -52,7 +52,7 @@ def splash_block(length: int) -> int:
 
 
 # cuDNN's fused attention takes half-precision queries, keys and values only (jax raises on float32).
-CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def supports(implementation: str, length: int, dtype=None) -> bool:
@@ -61,7 +61,7 @@ def supports(implementation: str, length: int, dtype=None) -> bool:
     if implementation in ("splash", "splash_interpret"):
         return splash_block(length) > 0
     if implementation == "cudnn":
-        return dtype is None or jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES]
+        return dtype is None or jnp.dtype(dtype) in CUDNN_DTYPES
     return implementation == "xla"
 
 
