@@ -27,6 +27,25 @@ import numpy as np
 
 
 # -- reading ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike[str], error: type[Exception] = ValueError, *, encoding: str = "utf-8",
+              newline: str | None = None) -> Iterator[IO[str]]:
+    """Opens a text file for reading; bytes that are not ``encoding`` raise ``error`` naming the file.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      error: the file is not valid ``encoding`` text (e.g. Latin-1 or UTF-16 bytes read as UTF-8).
+    """
+    with Path(path).open(encoding=encoding, newline=newline) as f:
+        try:
+            yield f
+        except UnicodeDecodeError as e:
+            byte = e.object[e.start:e.start + 1].hex()
+            codec = "UTF-8" if encoding.lower().replace("_", "-").startswith("utf-8") else encoding
+            raise error(f"{path}: not {codec} text (byte 0x{byte}: {e.reason}); save the file as "
+                        f"{codec}") from None
+
+
 def iter_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError, *,
                encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields ``(line_number, object)`` for each non-blank line of ``path`` (1-based line numbers).
@@ -35,7 +54,7 @@ def iter_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError
       FileNotFoundError: ``path`` does not exist.
       error: a line is not valid JSON or not a JSON object; the message starts with ``file:line``.
     """
-    with Path(path).open(encoding=encoding) as f:
+    with open_text(path, error, encoding=encoding) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

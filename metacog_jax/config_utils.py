@@ -115,7 +115,11 @@ def _parse_sequence(text: str, default: Sequence[Any], where: str) -> tuple | li
     container = type(default)
     stripped = text.strip()
     if stripped and stripped[0] in "([":
-        value = ast.literal_eval(stripped)
+        try:
+            value = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{where}: {text!r} is not a Python list or tuple literal (quote strings: "
+                             "['a', 'b']), nor a plain list (a,b)") from None
         if not isinstance(value, (tuple, list)):
             raise ValueError(f"{where}: expected a sequence literal, got {text!r}")
         return container(value)

@@ -269,15 +269,19 @@ def _validate_grading(c: ml_collections.ConfigDict) -> None:
                          f"grading.judge_max_new_tokens={c.grading.judge_max_new_tokens} must be >= 1")
 
 
-def _validate_custom(c: ml_collections.ConfigDict) -> None:
-    """data.custom: each set well declared, not named like a built-in set, and listed as its role says."""
-    custom = c.data.get("custom")
-    if not custom:
-        return
-    from metacog_jax.data.sources import custom_domains
+def _validate_domains(c: ml_collections.ConfigDict) -> None:
+    """data.custom: each set well declared, not named like a built-in set, and listed as its role says;
+    every name in data.domains and data.ood_domains a built-in domain or a declared set."""
+    from metacog_jax.data.sources import DOMAINS, custom_domains, unknown_domain_message
 
+    custom = custom_domains(c.data.get("custom"))
+    known = {**DOMAINS, **custom}
+    for field in ("domains", "ood_domains"):
+        for name in c.data[field]:
+            if name not in known:
+                raise ValueError(f"config data.{field}: {unknown_domain_message(name, known)}")
     lists = {"in_domain": "data.domains", "out_of_domain": "data.ood_domains"}
-    for name, info in custom_domains(custom).items():
+    for name, info in custom.items():
         for role, field in lists.items():
             if role != info.role and name in c.data[field.split(".")[1]]:
                 raise ValueError(f"config data.custom.{name}.role={info.role!r}, but {field} lists {name!r}; list it "
@@ -321,5 +325,5 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.train.lora.rank < 0:
         raise ValueError("config train.lora.rank must be >= 0 (0 = full fine-tuning)")
     _validate_targets(c)
-    _validate_custom(c)
+    _validate_domains(c)
     _validate_grading(c)

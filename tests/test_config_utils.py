@@ -56,6 +56,13 @@ def test_parse_arg_bad_values(arg, message):
         config_utils.parse_arg(arg, rank=8, quick=False)
 
 
+@pytest.mark.parametrize("text", ["(my_mmlu", "[my_mmlu]"])
+def test_a_broken_list_literal_names_the_field(text):
+    with pytest.raises(ValueError, match=r"data\.domains: .* is not a Python list or tuple literal \(quote strings"):
+        config_utils.parse_value(text, ("arithmetic",), "data.domains")
+    assert config_utils.parse_value("['a', 'b']", ("arithmetic",), "data.domains") == ("a", "b")
+
+
 # --- load_config ---------------------------------------------------------------
 
 CONFIG_FILE = textwrap.dedent('''

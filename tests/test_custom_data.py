@@ -217,6 +217,9 @@ CSV_HEAD = "question,A,B,C,D,answer\n"
     (CSV_HEAD + " ,a,b,c,d,A\n", MC, r"bad\.csv:2: field 'question' \(the question\) is empty"),
     (CSV_HEAD + "q?,a,,c,d,A\n", MC, r"bad\.csv:2: field 'B' \(option B\) is empty, but a later option is not"),
     (CSV_HEAD + "q?,a,b,c,d,A,extra\n", MC, r"bad\.csv:2: row has 7 values but the header has 6 columns"),
+    ("question,A,B,C,D,answer,answer\nq?,a,b,c,d,A,B\n", MC,
+     r"bad\.csv:1: the header names column\(s\) \['answer'\] more than once"),
+    (CSV_HEAD + "q?,a,b,c,d,1\n", MC, r"bad\.csv:2: .* is '1'; expected one of .* \(use answer_type 'index' for numbers\)"),
     ("question,answer\nq?,five\n", dict(kind="numeric"),
      r"bad\.csv:2: field 'answer' \(answer_type number\) is 'five', not a number"),
     ("question,answer,split\nq?,1,holdout\n", dict(kind="numeric", fields=dict(split="split")),
@@ -244,9 +247,14 @@ def test_malformed_csv_rows_name_the_line_and_field(tmp_path, body, settings, ex
      r"bad\.jsonl:2: field 'answer' \(answer_type number\) is 'about 3', not a number"),
     ({"question": "q?", "answer": "perhaps"}, dict(kind="label", labels=("yes", "no")),
      r"bad\.jsonl:2: field 'answer' \(answer_type option_text\) is 'perhaps', which is none of the labels"),
+    ({"question": "q?", "choices": ["Paris", "paris", "Rome"], "answer": "PARIS"},
+     dict(kind="multiple_choice", fields=dict(options="choices", answer_type="option_text")),
+     r"bad\.jsonl:2: .* is 'PARIS', which matches more than one of the options: 0 \('Paris'\), 1 \('paris'\)"),
+    ({"question": "q?", "answer": ["Jay-Z", "—"]}, dict(kind="open"),
+     r"bad\.jsonl:2: field 'answer' \(aliases\) has \['—'\], which is only punctuation, articles or spaces"),
 ])
 def test_malformed_jsonl_rows_name_the_line_and_field(tmp_path, row, settings, expected):
-    good_answer = {"label": "yes", "multiple_choice": "B"}.get(settings["kind"], 1)
+    good_answer = {"label": "yes", "multiple_choice": "B", "open": "fine"}.get(settings["kind"], 1)
     if settings.get("fields", {}).get("answer_type") == "index":
         good_answer = 1
     good = {"question": "fine?", "choices": ["a", "b", "c"], "answer": good_answer}
@@ -262,6 +270,34 @@ def test_malformed_parquet_row_and_missing_column(tmp_path):
         read_rows(path=str(path), kind="numeric")
     with pytest.raises(MalformedRecordError, match=r"bad\.parquet: no column\(s\) \['gold'\]; the file has"):
         read_rows(path=str(path), kind="numeric", fields=dict(answer="gold"))
+
+
+def test_option_text_answers_match_exactly_before_ignoring_case(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"question": "q?", "choices": ["Paris", "paris", "Rome"], "answer": "paris"},
+                                              {"question": "r?", "choices": ["Paris", "Rome"], "answer": "ROME"}])
+    rows = read_rows(path=str(path), kind="multiple_choice", fields=dict(options="choices", answer_type="option_text"))
+    assert [q.answers for q in rows] == [("B",), ("B",)]
+
+
+def test_parquet_decimal_gold_numbers(tmp_path):
+    from decimal import Decimal
+
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "a?", "answer": Decimal("12.50")}]), path)
+    assert [q.answers for q in read_rows(path=str(path), kind="numeric")] == [("12.5",)]
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("latin1.csv", "question,answer\ncaf\u00e9?,1\n".encode("latin-1"),
+     r"latin1\.csv: not UTF-8 text \(byte 0xe9: invalid continuation byte\); save the file as UTF-8"),
+    ("utf16.jsonl", '{"question": "q?", "answer": 1}\n'.encode("utf-16"), r"utf16\.jsonl: not UTF-8 text \(byte 0xff"),
+    ("text.parquet", b"question,answer\nq?,1\n", r"text\.parquet: not a readable Parquet file"),
+])
+def test_files_that_cannot_be_decoded_are_named(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(MalformedRecordError, match=expected):
+        read_rows(path=str(path), kind="numeric")
 
 
 def test_a_bad_row_fails_the_build_and_leaves_nothing(tmp_path):
@@ -322,6 +358,14 @@ OK = dict(path="q.csv", kind="numeric")
 def test_config_validation_names_the_field(settings, expected):
     with pytest.raises(ValueError, match=expected):
         validate(config_with(**settings))
+
+
+def test_misspelled_domain_names_fail_validation_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"config data\.domains: unknown domain 'arithmetik'; did you mean "
+                                         r"'arithmetic'\?; known domains: .*gsm8k"):
+        validate(config_with(domains=("arithmetik",), **OK))
+    with pytest.raises(ValueError, match=r"config data\.ood_domains: unknown domain 'mnie'; did you mean 'mine'\?"):
+        validate(config_with(domains=("arithmetic",), ood=("mnie",), **dict(OK, role="out_of_domain")))
 
 
 def test_role_and_name_clash_errors():

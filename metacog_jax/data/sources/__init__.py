@@ -19,6 +19,7 @@ loaded under (``"legalbench"`` for the union of the three LegalBench tasks,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import os
 from collections.abc import Sequence
@@ -149,7 +150,14 @@ def domain_info(name: str, custom: Any = None) -> DomainInfo:
     try:
         return known[name]
     except KeyError:
-        raise ValueError(f"unknown domain {name!r}; known domains: {', '.join(sorted(known))}") from None
+        raise ValueError(unknown_domain_message(name, known)) from None
+
+
+def unknown_domain_message(name: str, known: Sequence[str]) -> str:
+    """``unknown domain 'x'; did you mean 'y'? known domains: ...`` for a name not in ``known``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown domain {name!r}{hint}; known domains: {', '.join(sorted(known))}"
 
 
 def tfds_dir_for(config, workdir: str | os.PathLike[str]) -> Path:

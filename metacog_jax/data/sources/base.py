@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from metacog_jax.data import splits
 from metacog_jax.data.records import Question, RecordError
-from metacog_jax.artifacts import iter_jsonl
+from metacog_jax.artifacts import iter_jsonl, open_text
 
 # (source split, question id) -> "train" | "test"; see QuestionBuilder.our_split.
 SplitFn = Callable[[str, str], str]
@@ -82,7 +82,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_json(path: Path) -> Any:
     """Loads a whole JSON file; a syntax error names the file and line."""
     try:
-        with Path(path).open(encoding="utf-8") as f:
+        with open_text(path, MalformedRecordError) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise MalformedRecordError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
@@ -106,12 +106,15 @@ def read_delimited(path: Path, required: tuple[str, ...], *, delimiter: str = ",
 
     A row with more values than the header keeps the extra ones in a list under the key ``None``.
     """
-    with Path(path).open(encoding=encoding, newline="") as f:
+    with open_text(path, MalformedRecordError, encoding=encoding, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
             raise MalformedRecordError(f"{path}:1: header lacks column(s) {missing}; has {header}")
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise MalformedRecordError(f"{path}:1: the header names column(s) {repeated} more than once")
         for row in reader:
             location = f"{path}:{reader.line_num}"
             for column in required:

@@ -42,7 +42,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from metacog_jax.artifacts import iter_jsonl
-from metacog_jax.data.grading import canonical_number
+from metacog_jax.data.grading import canonical_number, normalize_text
 from metacog_jax.data.records import KINDS, OPTION_LETTERS, Question
 from metacog_jax.data.sources import ROLES
 from metacog_jax.data.sources.base import (MalformedRecordError, MissingSourceError, QuestionBuilder,
@@ -414,16 +414,27 @@ def _rows(path: Path, fmt: str, fields: FieldMap) -> Iterator[tuple[str, Mapping
                                            f"the header has {len(row) - 1} columns (an unquoted comma?)")
             yield f"{path}:{line_no}", row
     else:
+        import pyarrow
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except pyarrow.ArrowException as e:
+            raise MalformedRecordError(f"{path}: not a readable Parquet file ({e})") from None
         names = parquet.schema_arrow.names
         top = [c if c in names else c.split(".")[0] for c in fields.columns()]
         missing = [c for c, t in zip(fields.columns(), top) if t not in names]
         if missing:
             raise MalformedRecordError(f"{path}: no column(s) {missing}; the file has {names}")
         row_no = 0
-        for batch in parquet.iter_batches(columns=list(dict.fromkeys(top))):
+        batches = parquet.iter_batches(columns=list(dict.fromkeys(top)))
+        while True:
+            try:
+                batch = next(batches, None)
+            except pyarrow.ArrowException as e:
+                raise MalformedRecordError(f"{path}[row {row_no}]: the Parquet data cannot be read ({e})") from None
+            if batch is None:
+                break
             for row in batch.to_pylist():
                 yield f"{path}[row {row_no}]", row
                 row_no += 1
@@ -523,11 +534,15 @@ def _index(value: Any, field: str, location: str, n: int, what: str) -> int:
 
 def _matching_text(value: Any, field: str, location: str, choices: Sequence[str], what: str) -> int:
     text = _scalar_text(value, location, field, "answer_type option_text")
-    if text in choices:
-        return choices.index(text)
-    folded = [c.casefold() for c in choices]
-    if folded.count(text.casefold()) == 1:
-        return folded.index(text.casefold())
+    matches = [i for i, c in enumerate(choices) if c == text]
+    if not matches:  # case only matters where it tells the choices apart
+        matches = [i for i, c in enumerate(choices) if c.casefold() == text.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        which = ", ".join(f"{i} ({choices[i]!r})" for i in matches)
+        raise MalformedRecordError(f"{location}: field {field!r} (answer_type option_text) is {text!r}, which "
+                                   f"matches more than one of the {what}: {which}"[:500])
     listed = ", ".join(repr(c) for c in choices)
     raise MalformedRecordError(f"{location}: field {field!r} (answer_type option_text) is {text!r}, which is "
                                f"none of the {what}: {listed}"[:500])
@@ -544,6 +559,8 @@ def gold_number(value: Any, field: str, location: str) -> str:
         number = Decimal(value)
     elif isinstance(value, float) and math.isfinite(value):
         number = Decimal(repr(value))  # the shortest decimal that reads back as this float
+    elif isinstance(value, Decimal) and value.is_finite():  # a Parquet decimal column
+        number = value
     elif isinstance(value, str) and _GOLD_NUMBER.fullmatch(value.strip()):
         try:
             number = Decimal(value.strip().replace(",", ""))
@@ -558,7 +575,12 @@ def gold_number(value: Any, field: str, location: str) -> str:
 def _answers(row: Mapping[str, Any], spec: CustomSpec, location: str, options: list[str]) -> tuple[str, ...]:
     field, answer_type = spec.fields.answer, spec.fields.answer_type
     if answer_type == "aliases":
-        return tuple(_text_list(row, field, location, "aliases", single_ok=True))
+        aliases = tuple(_text_list(row, field, location, "aliases", single_ok=True))
+        blank = [a for a in aliases if not normalize_text(a)]
+        if blank:  # graded answers are compared after normalization: nothing could ever match these
+            raise MalformedRecordError(f"{location}: field {field!r} (aliases) has {blank!r}, which is only "
+                                       "punctuation, articles or spaces; no answer could match it"[:500])
+        return aliases
     value = _value(row, field, location)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise MalformedRecordError(f"{location}: field {field!r} (the answer) is empty")
@@ -569,7 +591,8 @@ def _answers(row: Mapping[str, Any], spec: CustomSpec, location: str, options: l
         letters = OPTION_LETTERS[:len(options)]
         letter = value.strip().upper() if isinstance(value, str) else None
         if letter is None or len(letter) != 1 or letter not in letters:
-            hint = " (use answer_type 'index' for numbers)" if isinstance(value, int) else ""
+            numeral = isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+            hint = " (use answer_type 'index' for numbers)" if numeral else ""
             raise MalformedRecordError(f"{location}: field {field!r} (answer_type letter) is {value!r}; expected one "
                                        f"of the {len(options)} option letters {letters}{hint}")
         return (letter,)
