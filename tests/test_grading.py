@@ -382,9 +382,48 @@ def test_case_table_is_large():
     ("An apple a day", "apple day"),
     ("Jean-Paul Sartre", "jean paul sartre"),
     ("“Quoted”—text", "quoted text"),
+    # every dash separates words, the non-breaking hyphen and the minus sign too
+    ("Jay\u2011Z", "jay z"),
+    ("Coca\u2212Cola", "coca cola"),
+    # numbers keep their decimal point and sign, not thousands commas
+    ("2.5 million", "2.5 million"),
+    ("Pi is 3.14.", "pi is 3.14"),
+    ("-5 degrees", "-5 degrees"),
+    ("\u22125 or \u20135", "-5 or -5"),
+    ("about .5, or -.5", "about .5 or -.5"),
+    ("1,000 people", "1000 people"),
+    ("U.S.A.", "usa"),
 ])
 def test_normalize_text(text, expected):
     assert grading.normalize_text(text) == expected
+
+
+@pytest.mark.parametrize("gold, response, correct", [
+    ("2.5 million", "25 million", False),
+    ("2.5 million", "about 2.5 million", True),
+    ("-5", "5", False),
+    ("-5", "-5", True),
+    ("Jay-Z", "Jay\u2011Z", True),
+])
+def test_open_answers_tell_numbers_apart(gold, response, correct):
+    question = _open("t/num-open", "How many?", gold)
+    assert grade(question, response).correct is correct
+
+
+@pytest.mark.parametrize("response, gold, correct", [
+    ("The answer is \u00bd.", "0.5", True),
+    ("The answer is \u00bd.", "1", False),
+    ("The answer is 2\u00bd.", "2.5", True),
+    ("The answer is 2\u00bd.", "21", False),
+    ("It takes 2 \u00bd hours", "2.5", True),
+    ("So the share is \u00bc", "4", False),
+    ("The answer is 1\u20442.", "0.5", True),
+    ("The answer is \u20135.", "-5", True),
+    ("The answer is \u20135.", "5", False),
+])
+def test_unicode_fractions_and_dashes_in_numeric_answers(response, gold, correct):
+    question = Question(id="t/u", domain="t", split="test", question="How much?", kind="numeric", answers=(gold,))
+    assert grading.is_correct(question, extract_answer(question, response)) is correct
 
 
 def test_open_rules():
@@ -465,6 +504,9 @@ def test_echo_spans_are_found_by_position():
     (NUM, "18", "18.0000001", True),   # within the tolerance
     (NUM, "18", "18.01", False),
     (NUM, "1000000", "1000000.5", False),
+    (DEC, "0.0000001", "0", False),    # below 1 the tolerance is relative
+    (DEC, "0.0000005", "0.0000009", False),
+    (DEC, "0.333333333333", "0.3333333", True),
     (MC4, "b", "B", True),
     (YN, "yes", "Yes", True),
     (OPEN, "paris", "paris france", False),
@@ -483,6 +525,8 @@ def test_modal_answer_for_self_consistency():
     assert modal_answer(MC4, ["B", "C", "B"]) == ("B", 2)
     assert grading.is_correct(NUM, modal_answer(NUM, extracted)[0])
     assert grading.canonical_answer(NUM, "18.0000001") == grading.canonical_answer(NUM, "18")
+    assert grading.canonical_answer(DEC, "0.0000005") != grading.canonical_answer(DEC, "0.0000009")
+    assert grading.canonical_answer(DEC, "0.33333333") == grading.canonical_answer(DEC, "0.333333333")
 
 
 def test_parse_number_forms():

@@ -51,9 +51,11 @@ from metacog_jax.data.records import Question
 OPEN_RULES = ("containment", "exact", "f1")
 DEFAULT_OPEN_RULE = "containment"
 
-# Numeric equality: |a - b| <= max(REL_TOL * max(|a|, |b|), ABS_TOL), exact
-# Decimal arithmetic. The absolute part absorbs printing noise ("0.3333333"
-# vs 1/3 rounded); the relative part only matters for huge values.
+# Numeric equality: |a - b| <= max(REL_TOL * s, ABS_TOL * min(s, 1)) with
+# s = max(|a|, |b|), exact Decimal arithmetic. The second part absorbs printing
+# noise ("0.3333333" vs 1/3 rounded): absolute at 1 and above, relative below
+# (so a small gold value such as 0.0000001 is not equal to 0); the first part
+# only matters for huge values.
 REL_TOL = 1e-9
 ABS_TOL = 1e-6
 
@@ -100,17 +102,28 @@ _LATEX_OPERATORS = ((re.compile(r"\\(?:times|cdot)(?![A-Za-z])"), " × "),
 _TIMES_STAR = re.compile(r"(?<=[\d)])(\s*)(?<!\*)\*(?!\*)(\s*)(?=[\d(])")
 
 
+# Vulgar fractions ("½", "2½", "2 ½") as decimals; NFKC would make "2½" into "21⁄2".
+_VULGAR_FRACTION = re.compile(r"(?<![\d.,])(\d+ ?)?([\u00bc-\u00be\u2150-\u215e])")
+
+
+def _vulgar_fraction(match: re.Match[str]) -> str:
+    whole = Decimal(match.group(1).strip()) if match.group(1) else Decimal(0)
+    return canonical_number(whole + Decimal(repr(unicodedata.numeric(match.group(2)))))
+
+
 def _clean(response: str, arithmetic: bool = False) -> str:
     """Removes markdown emphasis, LaTeX wrappers and stated confidence.
 
-    With ``arithmetic`` (numeric questions) multiplication and division
-    signs are kept as ``×`` and ``÷`` instead of being dropped with the
-    markdown stars.
+    Vulgar fractions become decimals (``2½`` -> ``2.5``) and a fraction slash a ``/``. With
+    ``arithmetic`` (numeric questions) multiplication and division signs are kept as ``×`` and ``÷``
+    instead of being dropped with the markdown stars, and an en dash is a minus sign.
     """
-    text = unicodedata.normalize("NFKC", response)
+    text = _VULGAR_FRACTION.sub(_vulgar_fraction, response)
+    text = unicodedata.normalize("NFKC", text).replace("\u2044", "/")
     text = _LATEX_WRAPPERS.sub(r"\1", text)
     text = _BOXED.sub(r"\nThe answer is \1.\n", text)
     if arithmetic:
+        text = text.replace("\u2013", "-")
         for pattern, sign in _LATEX_OPERATORS:
             text = pattern.sub(sign, text)
         text = _TIMES_STAR.sub(r"\1×\2", text)
@@ -124,14 +137,22 @@ def normalize_text(text: str) -> str:
     """SQuAD-style normalization for open answers.
 
     Lower-cases, removes punctuation (ASCII and Unicode), the articles a/an/the
-    and extra whitespace: ``"The  Eiffel Tower!"`` -> ``"eiffel tower"``.
+    and extra whitespace: ``"The  Eiffel Tower!"`` -> ``"eiffel tower"``. Dashes
+    and slashes separate words (``"Jay‑Z"`` -> ``"jay z"``); numbers keep their
+    decimal point and sign (``"-2.5"`` is not ``"25"``), not thousands commas.
     """
     text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if ch in "-–—/" else ch for ch in text)
+    # A number's sign and decimal point are held as control characters through the punctuation filter.
+    text = _DECIMAL_POINT.sub("\0", _SIGNED_NUMBER.sub("\1", text))
+    text = "".join(" " if ch in "/\u2212" or unicodedata.category(ch) == "Pd" else ch for ch in text)
     text = "".join(ch for ch in text
                    if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
-    text = re.sub(r"\b(?:a|an|the)\b", " ", text)
+    text = re.sub(r"\b(?:a|an|the)\b", " ", text).replace("\0", ".").replace("\1", "-")
     return " ".join(text.split())
+
+
+_SIGNED_NUMBER = re.compile(r"(?<![\w.])[-\u2212\u2013](?=\.?\d)")  # the sign only
+_DECIMAL_POINT = re.compile(r"(?:(?<=[\d\1])|(?<![\w.]))\.(?=\d)")  # "2.5", "-.5", ".5"
 
 
 def _tokens(text: str) -> list[str]:
@@ -672,7 +693,7 @@ def numbers_equal(a: str, b: str, rel_tol: float = REL_TOL, abs_tol: float = ABS
     if x is None or y is None:
         return False
     scale = max(abs(x), abs(y))
-    return abs(x - y) <= max(Decimal(repr(rel_tol)) * scale, Decimal(repr(abs_tol)))
+    return abs(x - y) <= max(Decimal(repr(rel_tol)) * scale, Decimal(repr(abs_tol)) * min(scale, Decimal(1)))
 
 
 # ---------------------------------------------------------------------------
@@ -996,7 +1017,8 @@ def canonical_answer(question: Question, normalized: str | None) -> str | None:
         if value is None:
             return normalized
         try:
-            return canonical_number(value.quantize(Decimal("1e-6")))
+            # the tolerance's scale: 1e-6 at 1 and above, 7 significant digits below
+            return canonical_number(value.quantize(Decimal(1).scaleb(min(-6, value.adjusted() - 6))))
         except InvalidOperation:  # too many digits to quantize: already a fine key
             return canonical_number(value)
     if question.kind == "multiple_choice":
