@@ -301,6 +301,22 @@ def stage_eval(config, run_workdir: str | Path, data_workdir: str | Path | None 
                        role_of=roles, n_pairs=n_pairs, seed=config.seed, batch_size=e.batch_size,
                        n_resamples=e.n_resamples, out_dir=run_workdir / "eval", verbalized=e.verbalized,
                        sampler=sampler if e.verbalized else None, progress=True, resume=True,
-                       tag=f"step {step}")
+                       tag=eval_model_tag(config, run_workdir, step))
     metrics["checkpoint_step"] = step
     return metrics
+
+
+def eval_model_tag(config, run_workdir: str | Path, step: int) -> str:
+    """What the evaluated model is, for the eval's resume fingerprint: the model config (name, dtypes, ...),
+    the checkpoint step and, for a trained model, the training config and the checkpoint's directory and
+    modification time, so another model, a retrained one or other training settings are scored afresh."""
+    import json
+
+    from metacog_jax.artifacts import json_ready
+
+    what = {"model": config.model, "step": step}
+    if step > 0:
+        checkpoint = Path(run_workdir).absolute() / "checkpoints" / str(step)
+        what["train"] = config.train
+        what["checkpoint"] = [str(checkpoint), checkpoint.stat().st_mtime_ns if checkpoint.exists() else None]
+    return json.dumps(json_ready(what), sort_keys=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +204,40 @@ def test_resume_reuses_scored_datasets_only_when_inputs_match(tiny_model, smol_t
     regraded = [dict(r, greedy=dict(r["greedy"], correct=not r["greedy"]["correct"])) for r in records]
     run.evaluate(tiny_model, smol_tokenizer, {"compare": (questions, regraded)}, **dict(kw, tag="step 100"))
     assert len(calls) == 3
+    # A run with other settings killed between its rows file and its metrics file: the earlier settings'
+    # metrics must not be paired with the rows now on disk.
+    from metacog_jax import artifacts
+
+    real_write_json = artifacts.write_json
+
+    def killed(path, *a, **k):
+        if Path(path).name == "compare.metrics.json":
+            raise KeyboardInterrupt
+        return real_write_json(path, *a, **k)
+
+    monkeypatch.setattr(artifacts, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate(tiny_model, smol_tokenizer, {"compare": (questions, records)}, **dict(kw, n_pairs=2))
+    monkeypatch.setattr(artifacts, "write_json", real_write_json)
+    run.evaluate(tiny_model, smol_tokenizer, {"compare": (questions, regraded)}, **dict(kw, tag="step 100"))
+    assert len(calls) == 5  # scored afresh, not reused
+
+
+def test_the_eval_tag_names_the_model_and_checkpoint(tmp_path):
+    from metacog_jax import pipeline
+    from metacog_jax.experiment_config import default_config
+
+    c = default_config()
+    base = pipeline.eval_model_tag(c, tmp_path, 0)
+    other = default_config()
+    other.model.dtype = "bfloat16" if c.model.dtype != "bfloat16" else "float32"
+    assert pipeline.eval_model_tag(other, tmp_path, 0) != base
+    other = default_config()
+    other.train.steps = c.train.steps * 2
+    assert pipeline.eval_model_tag(other, tmp_path, 0) == base  # an untrained model does not depend on it
+    checkpoint = tmp_path / "checkpoints" / "100"
+    checkpoint.mkdir(parents=True)
+    trained = pipeline.eval_model_tag(c, tmp_path, 100)
+    assert trained != base and pipeline.eval_model_tag(other, tmp_path, 100) != trained
+    os.utime(checkpoint, ns=(1, 1))  # the same step written again (retrained)
+    assert pipeline.eval_model_tag(c, tmp_path, 100) != trained

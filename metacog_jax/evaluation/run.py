@@ -279,6 +279,9 @@ def evaluate(model, tokenizer, datasets: Mapping[str, tuple[Sequence[Question | 
         entry = artifacts.json_ready(entry)
 
         def write_dataset(name=name, rows=rows, entry=entry, done_path=done_path, fingerprint=fingerprint):
+            # The rows file first, then its metrics: a kill between the two must not leave an older
+            # <name>.metrics.json beside these rows for a later run to pair with them.
+            done_path.unlink(missing_ok=True)
             artifacts.write_jsonl(out_dir / f"{name}.jsonl", rows)
             artifacts.write_json(done_path, {"fingerprint": fingerprint, "entry": entry}, indent=None)
             return entry
