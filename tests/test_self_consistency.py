@@ -129,3 +129,57 @@ def test_samples_feed_targets_and_batches(sampler, questions, tmp_path):
                                    split=None)
     batch = BatchBuilder(enc_single, [], batch_size=2, max_len=512, mix=0.0)[0]
     assert batch["tokens"].shape == (2, 512) and batch["decision_mask"].sum() >= 2
+
+
+def test_a_judge_grades_in_the_same_batches_whatever_the_process_count(tmp_path, monkeypatch):
+    """With several processes a round holds one chunk per process; the judge must still be asked chunk by
+    chunk, as in one process, so its batches (and padded lengths) do not depend on the process count."""
+    import jax
+
+    from metacog_jax import multihost
+    from metacog_jax.data import graders
+    from metacog_jax.data.judge import LLMJudge
+    from metacog_jax.data.self_consistency import sample_questions
+    from metacog_jax.sampling import Completion, Generation
+
+    class Tok:
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False, **kw):
+            return "".join(m["content"] for m in messages)
+
+        def encode(self, text, add_special_tokens=False):
+            return [b % 200 + 1 for b in text.encode()]
+
+    class Answers:  # every process holds the round's completions, as after merge_shares
+        batch_size, tokenizer = 4, Tok()
+
+        def generate(self, prompts, params, key, seeds=None, sort_window=None, progress=False):
+            return Generation([[Completion(f"answer {(s + j) % 3}", [1], [0.0], "stop")
+                                for j in range(params.num_samples)] for s in seeds])
+
+    class Judge:
+        tokenizer = Tok()
+
+        def __init__(self):
+            self.batches = []
+
+        def encode_chat(self, messages):
+            return Tok().encode(messages[0]["content"])
+
+        def generate(self, prompts, params, key, **kw):
+            self.batches.append(len(prompts))
+            return Generation([[Completion("Yes" if len(p) % 2 else "No", [1], [0.0], "stop")] for p in prompts])
+
+    questions = [Question(id=f"q{i}", domain="d", split="test", question=f"What is thing {i}?", kind="open",
+                          answers=(f"answer {i % 3}",)) for i in range(16)]
+
+    def run(count):
+        judge_sampler, out = Judge(), tmp_path / f"p{count}"
+        judge = LLMJudge("j", judge_sampler, cache_path=out / "judge_cache.jsonl", chunk_size=8)
+        grader = graders.Grader(graders.GradingSettings(mode="judge", judge="j"), judge)
+        monkeypatch.setattr(jax, "process_count", lambda: count)  # rounds of `count` chunks ...
+        monkeypatch.setattr(multihost, "divided", lambda: False)  # ... run as process 0 alone
+        sample_questions(Answers(), questions, out / "samples" / "d.jsonl", k=3, grader=grader, progress=False)
+        return judge_sampler.batches, (out / "samples" / "d.jsonl").read_bytes()
+
+    one, two = run(1), run(2)
+    assert one[0] == [8, 4] * 4 and two == one

@@ -350,9 +350,12 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                     rows = [row[1:] for row in gen.completions]
                 else:
                     greedy_texts, rows = [None] * len(chunk), gen.completions
-                # One grading call per round, so a judge sees the whole round's answers in one batch.
-                graded = graders.grade_lines(grader, [(q, [c.text for c in row], greedy_text)
-                                                      for q, row, greedy_text in zip(chunk, rows, greedy_texts)])
+                # One grading call per chunk, as in one process, so a judge batches the same answers together
+                # (its batches, and so its padded lengths, do not depend on the number of processes).
+                answers = [(q, [c.text for c in row], greedy_text)
+                           for q, row, greedy_text in zip(chunk, rows, greedy_texts)]
+                graded = [line for i in range(0, len(answers), chunk_size)
+                          for line in graders.grade_lines(grader, answers[i:i + chunk_size])]
                 lines = [json.dumps({"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind, **fields,
                                      **settings}, ensure_ascii=False) + "\n" for q, fields in zip(chunk, graded)]
                 if writer:  # one write per round, then fsync: a kill leaves complete lines plus one fragment
