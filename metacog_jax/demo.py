@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from metacog_jax import artifacts, pipeline
+from metacog_jax import artifacts, multihost, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def _stage(name: str, marker: Path, fn):
     t0 = time.perf_counter()
     print(f"[demo] {name} ...", flush=True)
     result = fn()
-    artifacts.write_json(marker, {"seconds": time.perf_counter() - t0, "result": result})
+    seconds = time.perf_counter() - t0
+    multihost.leader_value(lambda: artifacts.write_json(marker, {"seconds": seconds, "result": result}))
     print(f"[demo] {name}: {time.perf_counter() - t0:.0f}s", flush=True)
     return result
 
@@ -61,7 +62,7 @@ def run_demo(config, workdir: str | Path) -> dict:
     data = workdir / "data"
     with_real_sets(config)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir / "config.json")
+    multihost.leader_value(lambda: save_config(config, workdir / "config.json"))  # one writer
     print(f"[demo] model {config.model.name}; in-domain {', '.join(config.data.domains)}; out-of-domain "
           f"{', '.join(config.data.ood_domains)}; workdir {workdir}")
     _stage("sample", data / "samples" / "DONE", lambda: pipeline.stage_sample(config, data))
@@ -81,13 +82,13 @@ def run_demo(config, workdir: str | Path) -> dict:
         run = workdir / task
         c = condition_config(config, task)
         run.mkdir(parents=True, exist_ok=True)
-        save_config(c, run / "config.json")
+        multihost.leader_value(lambda: save_config(c, run / "config.json"))
         if task != "base":
             _stage(f"train {name}", run / "train" / "DONE", lambda: pipeline.stage_train(c, run, data))
         _stage(f"eval {name}", run / "eval" / "DONE", lambda: pipeline.stage_eval(c, run, data))
         runs[name] = run
-    report = build_report(runs, workdir / "report", base="base", n_resamples=config.eval.n_resamples,
-                          seed=config.seed)
+    report = multihost.leader_value(lambda: build_report(runs, workdir / "report", base="base",
+                                                         n_resamples=config.eval.n_resamples, seed=config.seed))
     print()
     print(format_main_table(report))
     minutes = (time.perf_counter() - t_start) / 60

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from metacog_jax import artifacts
+from metacog_jax import artifacts, multihost
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _sample_and_targets(c, data: Path, model=None) -> None:
 
     if not (data / "samples" / "DONE").exists():
         pipeline.stage_sample(c, data, model=model)
-        artifacts.write_json(data / "samples" / "DONE", {"done": True})
+        multihost.leader_value(lambda: artifacts.write_json(data / "samples" / "DONE", {"done": True}))
     pipeline.stage_targets(c, data)
 
 
@@ -277,8 +277,8 @@ def run_tune(config, workdir: str | Path, grid: Sequence[str] = (), tasks: Seque
     parsed = parse_grid(grid)
     if parsed or not instructions:
         out["training"] = tune_training(config, workdir, parsed, tasks)
-    artifacts.write_json(workdir / "tune.json", out)
-    artifacts.write_text(workdir / "tune.md", format_tune(out))
+    multihost.leader_value(lambda: (artifacts.write_json(workdir / "tune.json", out),
+                                    artifacts.write_text(workdir / "tune.md", format_tune(out))))  # one writer
     return out
 
 

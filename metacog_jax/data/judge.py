@@ -148,13 +148,17 @@ class VerdictCache:
 
         for row in rows:
             self._verdicts[row["key"]] = row["verdict"]
-        if self.path is None or not rows or not multihost.is_writer():  # one writer among processes
+        if self.path is None or not rows:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-            f.flush()
-            os.fsync(f.fileno())
+
+        def append():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                f.flush()
+                os.fsync(f.fileno())
+
+        multihost.leader_value(append)  # one writer among processes; its failure stops every process
 
 
 class LLMJudge:

@@ -358,10 +358,12 @@ def sample_questions(sampler, questions: Sequence[Question], out_path: str | os.
                           for line in graders.grade_lines(grader, answers[i:i + chunk_size])]
                 lines = [json.dumps({"id": q.id, "domain": q.domain, "split": q.split, "kind": q.kind, **fields,
                                      **settings}, ensure_ascii=False) + "\n" for q, fields in zip(chunk, graded)]
-                if writer:  # one write per round, then fsync: a kill leaves complete lines plus one fragment
-                    f.write("".join(lines))
+                def append(text="".join(lines)):  # one write per round, then fsync: a kill leaves complete
+                    f.write(text)                    # lines plus one fragment
                     f.flush()
                     os.fsync(f.fileno())
+
+                multihost.leader_value(append)  # process 0 writes; a failed write stops every process
                 bar.update(len(chunk))
     finally:
         bar.close()
