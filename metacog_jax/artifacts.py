@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -172,6 +175,87 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
             f.write(json.dumps(json_ready(row), ensure_ascii=False, allow_nan=False) + "\n")
             count += 1
     return count
+
+
+# -- caches of finished work --------------------------------------------------------------------------------
+class KeyedLog:
+    """Rows by their ``key``, kept in memory and appended to a JSON-lines file: finished work that a killed
+    run reads back instead of doing again (the judge's verdicts, ``explain``'s results).
+
+    On opening, process 0 reads the file, cuts off a truncated last line (what a kill mid-append leaves)
+    and hands every process the rows (``multihost.leader_value``); :meth:`add` appends rows in one
+    fsynced write from process 0, and a failed write stops every process. With ``path`` None the rows
+    are kept in memory only.
+
+    Args:
+      path: the JSON-lines file, or None.
+      what: what a line is, for messages (``"judge-cache line"``).
+      check: a line's problem as text, or None when it is valid; an invalid line is an error naming
+        ``file:line``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, what: str,
+                 check: Callable[[dict[str, Any]], str | None] = lambda row: None):
+        self.path = None if path is None else Path(path)
+        self.what, self.check = what, check
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.path is not None:
+            from metacog_jax import multihost
+
+            self.rows = multihost.leader_value(lambda: self._load() if self.path.exists() else {})
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        data = self.path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            log.warning("%s: dropping a truncated last line (an interrupted run)", self.path)
+            with self.path.open("r+b") as f:
+                f.truncate(complete)
+                f.flush()
+                os.fsync(f.fileno())
+        for line_no, raw in enumerate(data[:complete].split(b"\n")[:-1], start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+                problem = (None if isinstance(row, dict) and isinstance(row.get("key"), str)
+                           else "not an object with a string 'key'") or self.check(row)
+            except (ValueError, UnicodeDecodeError) as e:
+                problem = str(e)
+            if problem:
+                raise ValueError(f"{self.path}:{line_no}: a bad {self.what} ({problem}); delete the file to "
+                                 "compute its contents again")
+            rows[row["key"]] = row
+        return rows
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return self.rows[key]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Records ``rows`` (each with a ``key``): one fsynced append for all of them, by process 0.
+
+        Every process must call it, in the same order (it is a ``leader_value``)."""
+        for row in rows:
+            self.rows[row["key"]] = row
+        if self.path is None or not rows:
+            return
+        from metacog_jax import multihost
+
+        def append() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                f.flush()
+                os.fsync(f.fileno())
+
+        multihost.leader_value(append)
 
 
 # -- spreadsheet-safe CSV cells -------------------------------------------------------------------------

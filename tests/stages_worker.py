@@ -8,6 +8,7 @@ usage: python tests/stages_worker.py WORKDIR '{"stages": [...], "stop_at": ["dat
   stop_at: [what, n] stops the stage running when call n of `what` starts (an exception on every
     process, reported as {"stopped": true}); the next stage in the list runs. `what`: "generate"
     (Sampler.generate, one per sampling round) or "dataset" (one eval dataset).
+  stop_explain_at: n stops the first explain stage when its n-th Sampler.generate call starts (the same way).
   tokenizer: a Hugging Face tokenizer directory to use instead of the GGUF's (faster to load).
 Env: METACOG_* for multi-process runs; XLA_FLAGS for fake devices; METACOG_COMPILATION_CACHE.
 Prints one line per finished stage: RESULT {json}.
@@ -40,6 +41,7 @@ def main() -> int:
 
     calls = {"generate": 0, "dataset": 0}
     stop_at = spec.get("stop_at")
+    explain_stop = {"at": None, "pending": spec.get("stop_explain_at")}  # generate call number to stop at
 
     class Stopped(Exception):
         pass
@@ -49,6 +51,8 @@ def main() -> int:
             calls[what] += 1
             if stop_at and stop_at[0] == what and calls[what] == stop_at[1]:
                 raise Stopped(f"stopped at {what} call {calls[what]}")
+            if what == "generate" and calls[what] == explain_stop["at"]:
+                raise Stopped(f"explain stopped at generate call {calls[what]}")
             return fn(*args, **kwargs)
         return wrapper
 
@@ -124,8 +128,15 @@ def main() -> int:
 
             explain_config = load_config(str(REPO / "configs" / "explain.py") + ":tiny",
                                          ["explain.pool_size=4", *tokenizer])
-            path = run_explain(explain_config, workdir, domain="comparison", n=2)
-            report(stage, t0, items=sum(1 for _ in open(path)))
+            if explain_stop["pending"]:  # this run is stopped part-way (once)
+                explain_stop["at"], explain_stop["pending"] = calls["generate"] + explain_stop["pending"], None
+            try:
+                path = run_explain(explain_config, workdir, domain="comparison", n=2)
+            finally:
+                explain_stop["at"] = None
+            summary = json.loads((path.parent / "summary.json").read_text())
+            report(stage, t0, items=sum(1 for _ in open(path)), from_cache=summary["from_cache"],
+                   generate_calls=calls["generate"] - before["generate"])
         else:
             raise ValueError(f"unknown stage {stage!r}")
 

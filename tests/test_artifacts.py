@@ -109,3 +109,22 @@ def test_iter_jsonl_errors_name_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(KeyError, match=r"bad.jsonl:2: invalid JSON"):
         list(artifacts.iter_jsonl(path, KeyError))
+
+
+def test_keyed_log_appends_reads_back_and_cuts_a_torn_line(tmp_path):
+    path = tmp_path / "sub" / "cache.jsonl"
+    log = artifacts.KeyedLog(path, "test line", lambda row: None if "v" in row else "no 'v'")
+    assert len(log) == 0 and not path.exists()
+    log.add([{"key": "a", "v": 1}, {"key": "b", "v": "é"}])
+    log.add([])
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"key": "c", "v"')  # a kill mid-append
+    again = artifacts.KeyedLog(path, "test line")
+    assert len(again) == 2 and again["b"] == {"key": "b", "v": "é"} and "c" not in again
+    assert path.read_text(encoding="utf-8").endswith("\n")
+    path.write_text('{"key": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"cache\.jsonl:1: a bad test line \(no 'v'\); delete the file"):
+        artifacts.KeyedLog(path, "test line", lambda row: None if "v" in row else "no 'v'")
+    memory = artifacts.KeyedLog(None, "test line")
+    memory.add([{"key": "x"}])
+    assert "x" in memory

@@ -6,7 +6,8 @@ processes (2 fake CPU devices each) then, in a second workdir:
   * resumes sampling from the file a killed one-process run leaves (5 complete lines and a torn sixth);
   * grades again with another rule, evaluates, is stopped part-way through eval (after the first
     dataset is written) and evaluates again, which scores only the second dataset;
-  * builds the explain items;
+  * builds the explain items, is stopped part-way (after its first round of explanations) and builds them
+    again, which generates only the rest;
   * samples the in-domain questions again with the model sharded over all 4 devices of both processes
     (one global mesh), and scores a few prefixes with it.
 Every file is then compared with the one-process file: byte for byte, except the wall-clock fields.
@@ -25,8 +26,9 @@ from conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "stages_worker.py"
-# Wall-clock fields (and absolute paths) are the only things allowed to differ between the two workdirs.
-_VOLATILE = {"seconds", "created_at", "path"}
+# Wall-clock fields (and absolute paths) are the only things allowed to differ between the two workdirs, and
+# explain's count of results read from its cache (the second workdir's explain run resumes a stopped one).
+_VOLATILE = {"seconds", "created_at", "path", "from_cache"}
 
 
 def _launch(workdir: Path, spec: dict, processes: int, cache: str, timeout: float = 600) -> list[list[dict]]:
@@ -97,13 +99,13 @@ def test_two_processes_write_what_one_writes_and_resume(tmp_path, tokenizer_dir)
     (two / "samples").mkdir(parents=True)
     (two / "samples" / "arithmetic.jsonl").write_bytes(b"".join(lines[:5]) + lines[5][:40])
 
-    stages = ["sample", "grade", "eval", "eval", "explain", "sample_global"]
-    results = _launch(two, {"stages": stages, "stop_at": ["dataset", 2], "tokenizer": str(tokenizer_dir)}, 2,
-                      cache)
+    stages = ["sample", "grade", "eval", "eval", "explain", "explain", "sample_global"]
+    results = _launch(two, {"stages": stages, "stop_at": ["dataset", 2], "stop_explain_at": 2,
+                            "tokenizer": str(tokenizer_dir)}, 2, cache)
     for process, got in enumerate(results):
         assert [r["stage"] for r in got] == stages
         assert all(r["process"] == process for r in got)
-        sample, grade, stopped, evaluated, explain, global_sample = got
+        sample, grade, stopped, evaluated, explain_stopped, explain, global_sample = got
         # Resumed: the 5 complete lines kept, the torn one sampled again with the rest; 11 + 8 questions in
         # rounds of 2 chunks of 4 (one chunk per process): 2 + 1 sampler calls.
         assert sample["summaries"] == {"arithmetic": "16 questions (11 sampled now, 5 resumed)",
@@ -113,7 +115,14 @@ def test_two_processes_write_what_one_writes_and_resume(tmp_path, tokenizer_dir)
         # Stopped at the second dataset; run again, eval reuses the first and scores only the second.
         assert stopped == {"stage": "eval", "process": process, "stopped": True}
         assert evaluated["datasets_scored"] == 1 and evaluated["ece"] == ref["eval"]["ece"]
+        # Explain: 2 items x 10 styles in 5 batches of 4: one sampler call per batch in one process, one per
+        # round of 2 batches in two. Stopped as its second round started, run again: the pool's confidences
+        # and the first round's 2 batches come from explain/cache.jsonl, the other 3 batches take 2 rounds.
+        assert ref["explain"]["generate_calls"] == 5 and ref["explain"]["from_cache"] == {
+            "confidences": 0, "explanations": 0}
+        assert explain_stopped == {"stage": "explain", "process": process, "stopped": True}
         assert explain["items"] == ref["explain"]["items"] == 2
+        assert explain["generate_calls"] == 2 and explain["from_cache"] == {"confidences": 4, "explanations": 8}
         assert global_sample["summaries"] == {"arithmetic": "16 questions (16 sampled now, 0 resumed)"}
         assert global_sample["scorer_max_abs_diff"] < 1e-4  # the scorer on the sharded model, against a replica
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from metacog_jax.artifacts import KeyedLog
 from metacog_jax.data.records import Question
 
-log = logging.getLogger(__name__)
 
 # The response is cut to this many characters in the prompt (the judge needs the answer, not an essay).
 MAX_RESPONSE_CHARS = 1200
@@ -98,67 +96,20 @@ def cache_key(judge: str, question: Question, response: str, max_new_tokens: int
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-class VerdictCache:
-    """Verdicts by :func:`cache_key`, kept in memory and appended to a JSON-lines file (or memory only)."""
+class VerdictCache(KeyedLog):
+    """Verdicts by :func:`cache_key`, kept in memory and appended to a JSON-lines file (or memory only);
+    each line is ``{"key", "verdict", ...}``."""
 
     def __init__(self, path: str | os.PathLike[str] | None):
-        self.path = None if path is None else Path(path)
-        self._verdicts: dict[str, bool | None] = {}
-        if self.path is not None:
-            from metacog_jax import multihost
-
-            # Several processes: process 0 reads (and repairs) the file and hands every process its verdicts.
-            self._verdicts = multihost.leader_value(lambda: self._load() if self.path.exists() else {})
-
-    def _load(self) -> dict[str, bool | None]:
-        verdicts: dict[str, bool | None] = {}
-        data = self.path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            log.warning("%s: dropping a truncated last line (an interrupted grading run)", self.path)
-            with self.path.open("r+b") as f:
-                f.truncate(complete)
-        for line_no, raw in enumerate(data[:complete].split(b"\n")[:-1], start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-                key, verdict = record["key"], record["verdict"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{self.path}:{line_no}: not a judge-cache line ({e}); delete the file to "
-                                 "judge again") from None
-            if not isinstance(key, str) or not (verdict is None or isinstance(verdict, bool)):
-                raise ValueError(f"{self.path}:{line_no}: 'key' must be a string and 'verdict' true, false "
-                                 "or null")
-            verdicts[key] = verdict
-        return verdicts
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._verdicts
+        super().__init__(path, "judge-cache line", _verdict_problem)
 
     def __getitem__(self, key: str) -> bool | None:
-        return self._verdicts[key]
+        return self.rows[key]["verdict"]
 
-    def __len__(self) -> int:
-        return len(self._verdicts)
 
-    def add(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Records ``rows`` (each with ``key`` and ``verdict``), one fsynced append for all of them."""
-        from metacog_jax import multihost
-
-        for row in rows:
-            self._verdicts[row["key"]] = row["verdict"]
-        if self.path is None or not rows:
-            return
-
-        def append():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-                f.flush()
-                os.fsync(f.fileno())
-
-        multihost.leader_value(append)  # one writer among processes; its failure stops every process
+def _verdict_problem(row: dict[str, Any]) -> str | None:
+    verdict = row.get("verdict", "missing")
+    return None if verdict is None or isinstance(verdict, bool) else "'verdict' must be true, false or null"
 
 
 class LLMJudge:

@@ -15,6 +15,16 @@ Flow of :func:`run_explain`:
   6. write ``<workdir>/explain/items.jsonl`` in the study's items format (validated with
      ``study.load_items`` before it replaces any earlier file) and ``summary.json`` with the per-item
      details the items format has no field for (option probabilities, raw greedy answers).
+
+Resuming: every confidence (step 2) and every explanation (step 4) is appended to
+``<workdir>/explain/cache.jsonl`` as soon as it is made (``explanations.ResultCache``; fsynced, by
+process 0), keyed by the model (:func:`model_identity`) and everything else the result depends on. A run
+killed part-way and started again reads the cache, computes only what is missing (in the batches an
+uninterrupted run makes) and writes the same items file; a run with other settings (model, prompts,
+templates, budgets, batch size) misses the old entries and computes afresh.
+
+Several processes: the pool is loaded by process 0 and shared; the model calls of steps 2 and 4 divide
+their batches between the processes (``metacog_jax.multihost``); process 0 writes every file.
 """
 
 from __future__ import annotations
@@ -57,16 +67,61 @@ def display_answer(response: str, normalized: str | None) -> str:
     return shown or (normalized or "no answer")
 
 
+_CONFIDENCE_FIELDS = ("model_answer", "normalized", "correct", "model_confidence", "method", "details")
+
+
+def model_identity(config) -> str:
+    """What determines the model's weights and numerics, as JSON: the ``model`` section (without the
+    random-model fields and tokenizer unless ``model.name`` is "random", where ``seed`` is added), for
+    the explain cache's keys."""
+    ident = artifacts.json_ready(config.model.to_dict())
+    ident.pop("preset", None)
+    if ident.get("name") == "random":
+        ident["seed"] = int(config.seed)
+    else:
+        ident.pop("random", None)
+        ident.pop("tokenizer", None)
+    return json.dumps(ident, sort_keys=True, ensure_ascii=False)
+
+
+def _confidence_key(cache: expl.ResultCache, tokenizer, q: Question, batch_size: int,
+                    max_new_tokens_answer: int) -> str:
+    from metacog_jax.data import prompts
+
+    return cache.key("confidence", batch_size, max_new_tokens_answer, q.id, q.kind, list(q.answers),
+                     list(q.labels), prompts.answer_prompt(tokenizer, q), ic.MC_ANSWER_PREFIX,
+                     ic.P_TRUE_INSTRUCTION, ic.P_TRUE_PREFIX)
+
+
 def internal_confidences(model, tokenizer, questions: Sequence[Question], *, batch_size: int,
-                         max_new_tokens_answer: int) -> list[dict[str, Any]]:
+                         max_new_tokens_answer: int, cache: expl.ResultCache | None = None) -> list[dict[str, Any]]:
     """Answer, correctness and internal confidence for each question (multiple choice via option-letter
     probabilities, other kinds via greedy answer + P(True)).
+
+    The model calls (option-letter scoring, greedy answers, P(True)) each take all the questions at once,
+    so with several processes their batches are divided between them. Questions whose result is in
+    `cache` are not computed again; the others' results are added to it (one append).
 
     Returns:
       One dict per question, in order: ``question``, ``model_answer`` (display text), ``normalized``,
       ``correct`` (bool), ``model_confidence`` (float in [0, 1]), ``method`` ("option_probs" or
       "p_true") and ``details`` (JSON-ready: option_probs/option_mass, or greedy_text).
     """
+    cache = cache if cache is not None else expl.ResultCache(None)
+    keys = [_confidence_key(cache, tokenizer, q, batch_size, max_new_tokens_answer) for q in questions]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    cache.reused["confidence"] += len(questions) - len(todo)
+    fresh = _compute_confidences(model, tokenizer, [questions[i] for i in todo], batch_size=batch_size,
+                                 max_new_tokens_answer=max_new_tokens_answer)
+    cache.add([{"key": keys[i], "kind": "confidence", "item_id": questions[i].id,
+                **artifacts.json_ready({f: r[f] for f in _CONFIDENCE_FIELDS})}
+               for i, r in zip(todo, fresh) if keys[i] not in cache])
+    return [dict(question=q, **{f: cache[k][f] for f in _CONFIDENCE_FIELDS}) for q, k in zip(questions, keys)]
+
+
+def _compute_confidences(model, tokenizer, questions: Sequence[Question], *, batch_size: int,
+                         max_new_tokens_answer: int) -> list[dict[str, Any]]:
+    """:func:`internal_confidences` without the cache."""
     from metacog_jax.data import prompts
     from metacog_jax.sampling import Sampler, SamplingParams
 
@@ -156,11 +211,18 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         raise ValueError(f"domain {domain!r} has no test-split questions")
     log.info("explain: %d %s test questions in the pool; loading %s", len(questions), domain, config.model.name)
     loaded = build_model(config)
+    # Finished confidences and explanations (process 0 reads the file, every process gets its contents).
+    cache = expl.ResultCache(out_dir / "cache.jsonl", model_identity(config))
+    if len(cache):
+        log.info("explain: %s holds %d confidences and %d explanations of earlier runs (those of this "
+                 "model and these settings are not computed again)", cache.path, cache.count("confidence"),
+                 cache.count("explanation"))
     t_conf = time.perf_counter()
     pool = internal_confidences(loaded.model, loaded.tokenizer, questions, batch_size=int(e.batch_size),
-                                max_new_tokens_answer=int(e.max_new_tokens_answer))
+                                max_new_tokens_answer=int(e.max_new_tokens_answer), cache=cache)
     t_conf = time.perf_counter() - t_conf
-    log.info("explain: internal confidence of %d questions in %.1fs", len(pool), t_conf)
+    log.info("explain: internal confidence of %d questions in %.1fs (%d from the cache)", len(pool), t_conf,
+             cache.reused["confidence"])
 
     order = expl.stratified_order(pool, int(e.n_bins), config.seed)
     sampler = Sampler(loaded.model, loaded.tokenizer, batch_size=int(e.batch_size))
@@ -174,7 +236,7 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         texts = expl.generate_explanations(
             sampler, [pool[i]["question"] for i in batch], [pool[i]["model_answer"] for i in batch],
             expl.STYLE_NAMES, templates, max_new_tokens_long=int(e.max_new_tokens_long),
-            max_new_tokens_short=int(e.max_new_tokens_short), progress=bool(e.progress))
+            max_new_tokens_short=int(e.max_new_tokens_short), progress=bool(e.progress), cache=cache)
         for i, t in zip(batch, texts):
             blank = [s for s in expl.STYLE_NAMES if not t[s]]
             if blank:
@@ -225,6 +287,8 @@ def run_explain(config, workdir: str | os.PathLike[str], domain: str = "mmlu_pro
         max_new_tokens=dict(long=int(e.max_new_tokens_long), short=int(e.max_new_tokens_short),
                             answer=int(e.max_new_tokens_answer)),
         templates=templates, details=details,
+        # Results this run read from explain/cache.jsonl instead of computing them (0 in a fresh run).
+        from_cache=dict(confidences=cache.reused["confidence"], explanations=cache.reused["explanation"]),
         seconds=dict(confidence=round(t_conf, 2), explanations=round(t_gen, 2),
                      total=round(time.perf_counter() - t0, 2)),
     )

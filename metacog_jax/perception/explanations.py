@@ -12,14 +12,24 @@ answer is B."). Every template is a string with an ``{answer}`` placeholder; the
 Generation is a second turn of one conversation: [user: the answer prompt, assistant: "The answer is
 X.", user: the style's instruction] -> greedy continuation. Default and long styles get
 ``max_new_tokens_long`` tokens, short and uncertainty_only styles ``max_new_tokens_short``.
+
+Finished work is kept in a :class:`ResultCache` (``<workdir>/explain/cache.jsonl``, one JSON line per
+result, appended and fsynced as it is made), so a killed ``metacog explain`` resumes without computing
+again what it had finished. With several processes the generation batches are divided between them
+(``metacog_jax.multihost``) and process 0 alone appends to the cache.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
+import os
 import random
 import string
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
+from metacog_jax.artifacts import KeyedLog
 from metacog_jax.data import prompts
 from metacog_jax.data.records import Question
 
@@ -191,13 +201,60 @@ def max_new_tokens_for(style: str, long_tokens: int, short_tokens: int) -> int:
     return short_tokens if any(style.endswith("_" + length) for length in SHORT_LENGTHS) else long_tokens
 
 
+# Bump when what a cached result depends on changes in code (prompt wording, grading, the result's fields),
+# so results of the old code are not reused.
+CACHE_VERSION = 1
+CACHE_KINDS = ("confidence", "explanation")
+
+
+class ResultCache(KeyedLog):
+    """Finished results of ``metacog explain`` by key, kept in memory and appended to a JSON-lines file
+    (``artifacts.KeyedLog``: process 0 appends, fsynced; a torn last line is cut off on opening).
+
+    A key (:meth:`key`) is a SHA-256 hash of :data:`CACHE_VERSION`, the result's kind, the model's identity
+    (``identity``: everything that determines the weights) and everything else the result depends on
+    (the prompt, token budget, batch size, ...), so a result made under other settings is never reused: it
+    simply misses. Each line is ``{"key", "kind", ...}`` plus the result.
+
+    Args:
+      path: the JSON-lines file; None keeps results in memory only.
+      identity: the model's identity, part of every key (e.g. ``explain.model_identity(config)``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, identity: str = ""):
+        super().__init__(path, "explain-cache line",
+                         lambda row: None if row.get("kind") in CACHE_KINDS else f"'kind' is not one of {CACHE_KINDS}")
+        self.identity = identity
+        self.reused: collections.Counter[str] = collections.Counter()  # results served from the cache, by kind
+
+    def key(self, kind: str, *parts: Any) -> str:
+        """The key of a result of `kind` that depends on `parts` (JSON-ready values) besides the model."""
+        if kind not in CACHE_KINDS:
+            raise ValueError(f"cache kind {kind!r} is not one of {CACHE_KINDS}")
+        payload = json.dumps([CACHE_VERSION, kind, self.identity, *parts], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def count(self, kind: str) -> int:
+        """Results of `kind` held (read from the file or added)."""
+        return sum(row["kind"] == kind for row in self.rows.values())
+
+
 def generate_explanations(sampler: Sampler, questions: Sequence[Question], answers: Sequence[str],
                           styles: Sequence[str], templates: Mapping[str, str], *, max_new_tokens_long: int,
-                          max_new_tokens_short: int, progress: bool = False) -> list[dict[str, str]]:
+                          max_new_tokens_short: int, progress: bool = False,
+                          cache: ResultCache | None = None) -> list[dict[str, str]]:
     """Greedy second-turn explanations of every style for every (question, answer).
 
-    Prompts of one generation budget are sorted by length and generated in chunks of the sampler's
-    batch size (a tqdm bar over chunks when `progress`).
+    The prompts of one generation budget are sorted by length (stably) and cut into batches of the
+    sampler's batch size. The batches are generated in rounds of one batch per process (the sampler runs
+    batch j of a round on process j, ``metacog_jax.multihost``), and after each round the new texts are
+    appended to `cache`. A batch whose texts are all in `cache` is not generated again; a batch missing
+    any is generated whole (so it is the batch an uninterrupted run makes), and texts already cached are
+    kept. A tqdm bar over batches when `progress` (process 0).
+
+    Args:
+      cache: where finished texts are kept and looked up, keyed by the model (the cache's identity), the
+        budget, the batch size and the prompt's token ids; None keeps them in memory for this call only.
 
     Returns:
       N dicts style -> generated text (stripped of surrounding whitespace; may be empty when the model
@@ -206,27 +263,53 @@ def generate_explanations(sampler: Sampler, questions: Sequence[Question], answe
     if len(questions) != len(answers):
         raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
     templates = check_templates(templates)
-    jobs: dict[int, list[tuple[int, str, list[int]]]] = {}
+    cache = cache if cache is not None else ResultCache(None)
+    batch_size = int(sampler.batch_size)
+    # budget -> rows (question index, style, prompt ids, cache key)
+    jobs: dict[int, list[tuple[int, str, list[int], str]]] = {}
     for i, (q, a) in enumerate(zip(questions, answers)):
         for style in styles:
             ids = sampler.encode_chat(conversation(q, a, instruction(templates, style, a)))
             budget = max_new_tokens_for(style, max_new_tokens_long, max_new_tokens_short)
-            jobs.setdefault(budget, []).append((i, style, ids))
+            key = cache.key("explanation", budget, batch_size, ids)
+            jobs.setdefault(budget, []).append((i, style, ids, key))
     out: list[dict[str, str]] = [{} for _ in questions]
-    chunks = []
+    pending: dict[int, list[list[tuple[int, str, list[int], str]]]] = {}
     for budget, rows in jobs.items():
         rows.sort(key=lambda r: len(r[2]))
-        chunks += [(budget, rows[s:s + sampler.batch_size]) for s in range(0, len(rows), sampler.batch_size)]
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s:s + batch_size]
+            if all(r[3] in cache for r in batch):
+                cache.reused["explanation"] += len(batch)
+            else:
+                pending.setdefault(budget, []).append(batch)
     import jax
     from tqdm.auto import tqdm
 
+    from metacog_jax import multihost
     from metacog_jax.sampling import SamplingParams
 
-    for budget, chunk in tqdm(chunks, desc="explanations", unit="batch", disable=not progress):
-        gen = sampler.generate([r[2] for r in chunk], SamplingParams(max_new_tokens=budget, temperature=0.0),
-                               jax.random.key(0))
-        for (i, style, _), row in zip(chunk, gen.completions):
-            out[i][style] = row[0].text.strip()
+    per_round = jax.process_count()
+    bar = tqdm(total=sum(map(len, pending.values())), desc="explanations", unit="batch",
+               disable=not progress or not multihost.is_writer())
+    try:
+        for budget, batches in pending.items():
+            params = SamplingParams(max_new_tokens=budget, temperature=0.0)
+            for start in range(0, len(batches), per_round):
+                batches_now = batches[start:start + per_round]  # only the budget's last batch may be short
+                rows = [r for batch in batches_now for r in batch]
+                # Sorting within windows of batch_size keeps each batch as made here (rows already sorted).
+                gen = sampler.generate([r[2] for r in rows], params, jax.random.key(0), sort_window=batch_size)
+                new = [{"key": key, "kind": "explanation", "item_id": questions[i].id, "style": style,
+                        "max_new_tokens": budget, "text": completions[0].text.strip()}
+                       for (i, style, _, key), completions in zip(rows, gen.completions) if key not in cache]
+                cache.add(new)
+                bar.update(len(batches_now))
+    finally:
+        bar.close()
+    for rows in jobs.values():
+        for i, style, _, key in rows:
+            out[i][style] = cache[key]["text"]
     return out
 
 
