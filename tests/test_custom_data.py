@@ -279,6 +279,12 @@ def test_option_text_answers_match_exactly_before_ignoring_case(tmp_path):
     assert [q.answers for q in rows] == [("B",), ("B",)]
 
 
+def test_a_jsonl_alias_may_start_with_a_bracket(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"question": "Which tag?", "answer": "[citation needed]"},
+                                              {"question": "Which tags?", "answer": ["[sic]", "sic"]}])
+    assert [q.answers for q in read_rows(path=str(path), kind="open")] == [("[citation needed]",), ("[sic]", "sic")]
+
+
 def test_parquet_decimal_gold_numbers(tmp_path):
     from decimal import Decimal
 

@@ -472,13 +472,14 @@ def _text(row: Mapping[str, Any], field: str, location: str, what: str, required
     return text
 
 
-def _text_list(row: Mapping[str, Any], field: str, location: str, what: str,
-               single_ok: bool = False) -> list[str]:
-    """A list field; in CSV a JSON list (``["a", "b"]``); with ``single_ok`` one string is a list of one."""
+def _text_list(row: Mapping[str, Any], field: str, location: str, what: str, single_ok: bool = False,
+               csv: bool = False) -> list[str]:
+    """A list field; in CSV (``csv``) a JSON list (``["a", "b"]``); with ``single_ok`` one string is a list
+    of one (outside CSV also one that starts with "[", such as "[citation needed]")."""
     value = _value(row, field, location)
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
+        if csv and text.startswith("["):
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
@@ -501,9 +502,9 @@ def _text_list(row: Mapping[str, Any], field: str, location: str, what: str,
     return items
 
 
-def _options(row: Mapping[str, Any], fields: FieldMap, location: str) -> list[str]:
+def _options(row: Mapping[str, Any], fields: FieldMap, location: str, csv: bool) -> list[str]:
     if isinstance(fields.options, str):
-        return _text_list(row, fields.options, location, "options")
+        return _text_list(row, fields.options, location, "options", csv=csv)
     values = [_text(row, column, location, f"option {OPTION_LETTERS[i]}", required=False)
               for i, column in enumerate(fields.options)]
     while values and not values[-1]:
@@ -572,10 +573,11 @@ def gold_number(value: Any, field: str, location: str) -> str:
     return canonical_number(number)
 
 
-def _answers(row: Mapping[str, Any], spec: CustomSpec, location: str, options: list[str]) -> tuple[str, ...]:
+def _answers(row: Mapping[str, Any], spec: CustomSpec, location: str, options: list[str],
+             csv: bool) -> tuple[str, ...]:
     field, answer_type = spec.fields.answer, spec.fields.answer_type
     if answer_type == "aliases":
-        aliases = tuple(_text_list(row, field, location, "aliases", single_ok=True))
+        aliases = tuple(_text_list(row, field, location, "aliases", single_ok=True, csv=csv))
         blank = [a for a in aliases if not normalize_text(a)]
         if blank:  # graded answers are compared after normalization: nothing could ever match these
             raise MalformedRecordError(f"{location}: field {field!r} (aliases) has {blank!r}, which is only "
@@ -604,15 +606,15 @@ def _answers(row: Mapping[str, Any], spec: CustomSpec, location: str, options: l
 
 
 def _row_question(spec: CustomSpec, row: Mapping[str, Any], location: str, default_id: str,
-                  source: str) -> tuple[str, Question]:
+                  source: str, csv: bool) -> tuple[str, Question]:
     """``(TFDS split, Question)`` of one row: ``train``/``test`` from the split field, else ``unsplit``."""
     f = spec.fields
     question_text = _text(row, f.question, location, "the question")
-    options = _options(row, f, location) if spec.kind == "multiple_choice" else []
+    options = _options(row, f, location, csv) if spec.kind == "multiple_choice" else []
     if spec.kind == "multiple_choice" and len(options) < 2:
         raise MalformedRecordError(f"{location}: field(s) {f.options!r} hold {len(options)} option(s); a multiple "
                                    "choice question needs 2 or more")
-    answers = _answers(row, spec, location, options)
+    answers = _answers(row, spec, location, options, csv)
     question_id = f"{spec.name}/{_text(row, f.id, location, 'the id')}" if f.id else default_id
     meta = {"source": source}
     tfds_split = "unsplit"
@@ -648,7 +650,8 @@ def read_custom(spec: CustomSpec, files: SourceFiles) -> list[tuple[str, Questio
         rel = files.relative(path)
         for position, (location, row) in enumerate(_rows(path, files.format, spec.fields)):
             source = rel + location[len(str(path)):]
-            split, question = _row_question(spec, row, location, f"{spec.name}/{file_hash[:8]}/{position}", source)
+            split, question = _row_question(spec, row, location, f"{spec.name}/{file_hash[:8]}/{position}", source,
+                                            csv=files.format == "csv")
             if question.id in first_seen:
                 cause = f"field {spec.fields.id!r}" if spec.fields.id else "two files with the same bytes?"
                 raise MalformedRecordError(f"{location}: duplicate id {question.id!r} ({cause}; first at "
