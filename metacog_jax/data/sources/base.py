@@ -14,6 +14,7 @@ manager. The output (``data_dir``) is a separate, writable directory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import json
@@ -163,6 +164,21 @@ class QuestionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       SPLIT_POLICY: TFDS split -> ``"train"``, ``"test"`` or ``"hashed"``
         (split by :func:`metacog_jax.data.splits.assign_split` on the id).
     """
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """TFDS's ``download_and_prepare``; when it fails (a bad row, a missing file), the folders it made
+        under the data dir are removed if empty (TFDS writes records into a temporary folder first, so
+        nothing else is left behind)."""
+        root = Path(self._data_dir_root)
+        before = {p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set()
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except BaseException:
+            made = [p for p in (root.rglob("*") if root.is_dir() else ()) if p.is_dir() and p not in before]
+            for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):  # not empty: something else's, keep it
+                    folder.rmdir()
+            raise
 
     # Builds are cached per version under data_dir: bump it whenever the
     # conversion of a source changes, or stale Questions will be read.
