@@ -25,9 +25,12 @@ collectives move; and a roofline estimate
 
 with model FLOPs 6 N tokens (full fine-tuning), 4 N tokens + 6 N_LoRA tokens (LoRA), 2 N tokens (forward
 passes), N the parameter count. These are estimates from the compiler's own counts and published peak
-figures (:data:`TPU_CHIPS`), not measurements. A step that does not fit says by how much and which knob
-would help. Nothing here chooses a remat policy, layer scan or loss chunking: it compiles whatever the
-config selects.
+figures (:data:`TPU_CHIPS`), not measurements. XLA counts a loop body once: the train step's micro-batches
+(``train.grad_accum``) are scaled to every pass (:func:`repeated_costs`) and scanned layers extrapolated
+(:func:`layer_extrapolated_costs`). A step that does not fit says by how much and which knob would help,
+also when XLA:TPU refuses to compile it for want of HBM (:func:`hbm_refusal`: XLA's own figures, no
+costs). Nothing here chooses a remat policy, layer scan or loss chunking: it compiles whatever the config
+selects.
 """
 
 from __future__ import annotations
@@ -67,17 +70,21 @@ class TpuChip:
 # Sources (Cloud TPU system-architecture pages, docs.cloud.google.com/tpu/docs/<version>, read 2026):
 #   v4:  275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s; ICI is not on the page: 6 links x 45 GB/s each way
 #        (jax-ml "How to Scale Your Model", TPU chapter) = 540 GB/s bidirectional.
-#   v5e: 197 TFLOP/s bf16, 16 GiB HBM at 819 GB/s, 400 GB/s bidirectional ICI per chip.
+#   v5e: 197 TFLOP/s bf16, 16 GB HBM at 819 GB/s, 400 GB/s bidirectional ICI per chip.
 #   v5p: 459 TFLOP/s bf16, 95 GiB HBM at 2,765 GB/s, 1,200 GB/s bidirectional ICI per chip.
 #   v6e: 918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s (1,640 elsewhere), 800 GB/s bidirectional ICI per chip.
-# HBM capacity is the published one; the runtime keeps a little for itself (XLA reports 15.75 GiB usable on
-# a v5e), so a step within a few percent of the capacity may still not fit.
+# The v5e and v6e pages' HBM "GB" are binary: XLA:TPU reports 15.75 GiB usable on a v5e and 31.25 GiB on a v6e
+# (30.75 on a v4, megacore), each a little under 16 and 32 GiB (32 GB would be 29.80 GiB), so every capacity
+# here is in GiB. The runtime keeps that little for itself, so a step within a few percent of the capacity
+# may still not fit (XLA:TPU then refuses to compile it: see hbm_refusal).
 TPU_CHIPS: dict[str, TpuChip] = {
     "v4": TpuChip("v4", 275e12, 32 * GiB, 1200e9, 540e9),
     "v5e": TpuChip("v5e", 197e12, 16 * GiB, 819e9, 400e9),
     "v5p": TpuChip("v5p", 459e12, 95 * GiB, 2765e9, 1200e9),
-    "v6e": TpuChip("v6e", 918e12, 32 * 1000 ** 3, 1638e9, 800e9),
+    "v6e": TpuChip("v6e", 918e12, 32 * GiB, 1638e9, 800e9),
 }
+# v5e and v6e chips form 2-D tori (AxB); v4 and v5p 3-D ones (AxBxC; libtpu also takes AxB for them).
+_TWO_D = ("v5e", "v6e")
 _TOPOLOGY = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 
 
@@ -94,7 +101,22 @@ def parse_topology(name: str) -> tuple[TpuChip, tuple[int, ...]]:
     generation, dims = match.groups()
     if generation not in TPU_CHIPS:
         raise ValueError(f"topology {name!r}: unknown TPU generation {generation!r}; known: {', '.join(TPU_CHIPS)}")
-    return TPU_CHIPS[generation], tuple(int(d) for d in dims.split("x"))
+    shape = tuple(int(d) for d in dims.split("x"))
+    if generation in _TWO_D and len(shape) != 2:
+        raise ValueError(f"topology {name!r}: {generation} slices are 2-D tori, named AxB (e.g. {generation}:2x4 "
+                         f"or {generation}:4x4), not AxBxC")
+    return TPU_CHIPS[generation], shape
+
+
+def _topology_options(generation: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What get_topology_desc needs beyond the name: v4 as one device per chip (megacore, as a v4 runs; libtpu's
+    default is one per TensorCore, which jax.make_mesh refuses), and a single-chip v5e/v6e slice as a host
+    of one chip (libtpu's default host holds 2x2 chips and would reject v5e:1x1)."""
+    if generation == "v4":
+        return {"chip_config_name": "megacore"}
+    if generation in _TWO_D and math.prod(shape) == 1:
+        return {"chips_per_host_bounds": (1, 1, 1)}
+    return {}
 
 
 def _quiet_libtpu_env() -> None:
@@ -119,14 +141,15 @@ def topology_devices(name: str) -> list:
     """
     from metacog_jax.platforms import libtpu_installed
 
-    parse_topology(name)
+    chip, shape = parse_topology(name)
     if not libtpu_installed():
         raise MissingTpuExtra(INSTALL_HINT)
     _quiet_libtpu_env()
     from jax.experimental import topologies
 
     try:
-        desc = topologies.get_topology_desc(topology_name=name.strip(), platform="tpu")
+        desc = topologies.get_topology_desc(topology_name=name.strip(), platform="tpu",
+                                            **_topology_options(chip.name, shape))
     except Exception as e:  # libtpu raises JaxRuntimeError(INVALID_ARGUMENT: ...)
         raise ValueError(f"topology {name!r}: libtpu cannot build it: {e}") from None
     return list(desc.devices)
@@ -206,7 +229,8 @@ def per_device_bytes(tree) -> int:
     total = 0
     for leaf in jax.tree.leaves(tree):
         shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
-        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+        itemsize = getattr(leaf.dtype, "itemsize", None)  # a PRNG key dtype has one, and no numpy dtype
+        total += math.prod(shape) * (itemsize if itemsize is not None else np.dtype(leaf.dtype).itemsize)
     return total
 
 
@@ -224,26 +248,22 @@ class StepSpec:
     params: Any  # the arguments that are model weights (for per-chip bytes)
     optimizer: Any = None
     knobs: str = ""  # the config fields that size this step (for the advice)
+    # A step that runs most of its work in a loop XLA's cost analysis counts once (the train step's
+    # micro-batches under train.grad_accum): the loop's trip count, and the part of the step outside the loop
+    # compiled alone (the optimizer update), whose costs are not repeated (see repeated_costs).
+    repeats: int = 1
+    once: "StepSpec | None" = None
 
 
-def _batch_spec(mesh, rows: int, length: int, dtype="int32"):
+def _placed(mesh, shape: tuple[int, ...], dtype="int32"):
+    """An input of the sampler or scorer placed as they place it (multihost.place): rows over data x fsdp
+    when those divide them, else whole on every chip (multihost.row_sharding)."""
     import jax
     import jax.numpy as jnp
 
-    from metacog_jax import sharding as sharding_lib
+    from metacog_jax import multihost
 
-    return jax.ShapeDtypeStruct((rows, length), jnp.dtype(dtype), sharding=sharding_lib.batch_sharding(mesh))
-
-
-def _rows_spec(mesh, rows: int, dtype="int32"):
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding
-
-    from metacog_jax import sharding as sharding_lib
-
-    spec = sharding_lib.logical_to_mesh_spec(("batch",), sharding_lib.DEFAULT_LOGICAL_AXIS_RULES, (rows,), mesh)
-    return jax.ShapeDtypeStruct((rows,), jnp.dtype(dtype), sharding=NamedSharding(mesh, spec))
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=multihost.row_sharding(mesh, shape[0], len(shape)))
 
 
 def _sharded_state(state, mesh, rules):
@@ -282,10 +302,30 @@ def train_spec(config, arch, mesh) -> StepSpec:
 
     params = (sharding_lib.abstract_with_shardings(trainable, in_sh[0]),
               sharding_lib.abstract_with_shardings(frozen, in_sh[2]))
+    accum = int(t.grad_accum)
+    once = None
+    if accum > 1:  # the micro-batches run in a lax.scan; the optimizer update once, after it
+        once = StepSpec("train update", _update_fn(tx, in_sh[0], in_sh[1]), (trainable, opt_state, trainable), {},
+                        "", 0.0, None)
     return StepSpec("train", step_fn, (trainable, opt_state, frozen, other, batch, step), {},
-                    f"{b} x {length} tokens", flops, params,
+                    f"{b} x {length} tokens" + (f" ({accum} micro-batches)" if accum > 1 else ""), flops, params,
                     sharding_lib.abstract_with_shardings(opt_state, in_sh[1]),
-                    "train.batch_size (with train.grad_accum to keep the global batch), train.max_len")
+                    "train.batch_size (with train.grad_accum to keep the global batch), train.max_len",
+                    repeats=accum, once=once)
+
+
+def _update_fn(tx, trainable_sharding, opt_sharding):
+    """The part of trainer.make_train_step after its gradients: the optimizer update and the gradient norm,
+    jitted with the step's shardings and donation (its costs are counted once however many micro-batches)."""
+    import jax
+    import optax
+
+    def update(trainable, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, optax.tree.norm(grads)
+
+    return jax.jit(update, in_shardings=(trainable_sharding, opt_sharding, trainable_sharding),
+                   out_shardings=(trainable_sharding, opt_sharding, None), donate_argnums=(0, 1))
 
 
 def _base_state(config, arch, mesh):
@@ -352,7 +392,7 @@ def prefill_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     b, k, n, p = _sampling_sizes(config, prompt_len)
     graphdef, state = _base_state(config, arch, mesh)
     fn = jax.jit(functools.partial(_prefill, graphdef, samples=k, new_tokens=n))
-    args = (state, _batch_spec(mesh, b, p), _batch_spec(mesh, b, p), _batch_spec(mesh, b, p))
+    args = (state, _placed(mesh, (b, p)), _placed(mesh, (b, p)), _placed(mesh, (b, p)))
     return StepSpec("prefill", fn, args, {}, f"{b} prompts x {p} tokens", 2.0 * arch.num_params() * b * p, state,
                     knobs="sample.batch_size, the prompt length")
 
@@ -366,16 +406,16 @@ def decode_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
 
     b, k, n, p = _sampling_sizes(config, prompt_len)
     graphdef, state = _base_state(config, arch, mesh)
-    prompt = _batch_spec(mesh, b, p)
+    prompt = _placed(mesh, (b, p))
     _, cache = jax.eval_shape(functools.partial(_prefill, graphdef, samples=k, new_tokens=n), state, prompt,
                               prompt, prompt)
     shardings = _cache_shardings(cache, mesh, rules_from_config(config))
     cache = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), cache, shardings)
     rows = b * k
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), rows))
-    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=_rows_spec(mesh, rows).sharding)
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=_placed(mesh, (rows,)).sharding)
     fn = jax.jit(functools.partial(_decode_step, graphdef), donate_argnums=(1,))
-    args = (state, cache, _rows_spec(mesh, rows), _rows_spec(mesh, rows), keys)
+    args = (state, cache, _placed(mesh, (rows,)), _placed(mesh, (rows,)), keys)
     return StepSpec("decode", fn, args, {}, f"{rows} rows x 1 token ({p} + {n} cached)",
                     2.0 * arch.num_params() * rows, state,
                     knobs="sample.batch_size, sample.k, sample.max_new_tokens")
@@ -392,8 +432,8 @@ def generate_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     params = sampling.SamplingParams(max_new_tokens=n, temperature=float(config.sample.temperature),
                                      top_p=float(config.sample.top_p), num_samples=k)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    args = (graphdef, state, _batch_spec(mesh, b, p), _batch_spec(mesh, b, p), _batch_spec(mesh, b, p),
-            _rows_spec(mesh, b, "uint32"), key)
+    args = (graphdef, state, _placed(mesh, (b, p)), _placed(mesh, (b, p)), _placed(mesh, (b, p)),
+            _placed(mesh, (b,), "uint32"), key)
     kwargs = dict(params=params, stop_ids=tuple(arch.eos_token_ids) or (0,), pad_id=0)
     # XLA's cost counts the decode loop's body once, so the model FLOPs match: the prompts + one token per row.
     return StepSpec("generate", sampling._generate, args, kwargs, f"{b} prompts x {p} + {k} x {n} tokens",
@@ -411,15 +451,21 @@ def score_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     import jax
     import jax.numpy as jnp
 
+    from metacog_jax import sharding as sharding_lib
     from metacog_jax.evaluation import scoring
     from metacog_jax.sampling import length_bucket
 
     b = int(config.eval.batch_size)
+    try:  # the scorer refuses a batch it cannot split (scoring.label_logprobs checks the same)
+        sharding_lib.check_batch_divisible(b, mesh)
+    except ValueError as e:
+        raise ValueError(f"config eval.batch_size={b}: the scorer shards its rows over data x fsdp, and {e}; "
+                         f"use a multiple of the data x fsdp size") from None
     t = length_bucket(prompt_len + _SCORE_NODES, per_octave=scoring.BUCKETS_PER_OCTAVE)
     graphdef, state = _base_state(config, arch, mesh)
     m, labels, width = _SCORE_NODES, _SCORE_LABELS, _SCORE_LABEL_TOKENS
     small = lambda shape, dtype: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-    args = (graphdef, state, _batch_spec(mesh, b, t), _rows_spec(mesh, b), small((m,), "int32"),
+    args = (graphdef, state, _placed(mesh, (b, t)), _placed(mesh, (b,)), small((m,), "int32"),
             small((m, m), "bool"), small((labels, width), "int32"), small((labels, width), "int32"),
             small((labels, width), "bool"))
     return StepSpec("score", scoring._label_logprobs, args, {}, f"{b} x {t} tokens", 2.0 * arch.num_params() * b * t,
@@ -453,38 +499,68 @@ def _shape_bytes(text: str) -> int:
     return total
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s*[({]")
+_CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations)=\{?%([\w.\-]+)")
+
+
+def _collective_fusion_kind(called: str) -> str | None:
+    """The collective a fusion computation's name says it is (``%all-reduce-scatter.2`` -> reduce-scatter)."""
+    kind = next((c for c in sorted(_COLLECTIVES, key=len, reverse=True) if c in called), None)
+    return "reduce-scatter" if kind == "all-reduce" and "scatter" in called else kind
+
+
 def collective_bytes(hlo_text: str) -> dict[str, int]:
     """Bytes each kind of collective moves per device in a compiled (SPMD-partitioned) HLO module.
 
     Each collective counts the larger of its operands and its result (an all-gather its gathered result, a
     reduce-scatter its unscattered input), twice for an all-reduce (reduce-scatter + all-gather): a ring
     algorithm's traffic with (n - 1) / n taken as 1. Collectives fused on TPU (a fusion calling
-    ``%all-reduce-scatter`` and the like) count by the computation they call; ``-done`` halves of async
-    pairs are skipped. A collective inside a loop body counts once, and so does one that XLA:TPU splits over
-    several async collective fusions (each fusion holds an instruction with the collective's ``channel_id``;
-    the pieces move one collective's bytes between them).
+    ``%all-reduce-scatter`` and the like) count once, as the fusion, by the name of the computation they
+    call; the collectives inside that computation (an ``all-reduce`` with a channel_id inside
+    ``%all-reduce-scatter``) are the same traffic and are not counted again. ``-done`` halves of async
+    pairs are skipped. A collective inside a loop body counts once, and so does one that XLA:TPU splits
+    over several async collective fusions (each fusion holds an instruction with the collective's
+    ``channel_id``; the pieces move one collective's bytes between them).
     """
     sizes: dict[str, int] = {}
-    found: list[tuple[str, str, str]] = []
-    channels: set[str] = set()
+    lines: list[tuple[str, str, str, str, str]] = []  # (computation, name, result, op, rest)
+    calls: dict[str, set[str]] = {}  # computation -> computations its instructions call
+    fused: set[str] = set()  # computations called by a collective fusion
+    computation = ""
     for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header and "=" not in line.split("(", 1)[0]:
+            computation = header.group(1)
+            continue
         match = _INSTRUCTION.match(line)
         if not match:
             continue
         name, result, op, rest = match.groups()
         sizes[name] = _shape_bytes(result)
-        kind = None
-        if op.endswith("-done"):
+        lines.append((computation, name, result, op, rest))
+        called = _CALLED.findall(rest)
+        calls.setdefault(computation, set()).update(called)
+        if op == "fusion" and called and _collective_fusion_kind(called[0]):
+            fused.add(called[0])
+    inside, todo = set(), list(fused)  # the collective fusions' bodies and whatever they call in turn
+    while todo:
+        c = todo.pop()
+        if c not in inside:
+            inside.add(c)
+            todo.extend(calls.get(c, ()))
+    found: list[tuple[str, str, str]] = []
+    channels: set[str] = set()
+    for computation, name, result, op, rest in lines:
+        if op.endswith("-done") or computation in inside:
             continue
+        kind = None
         base = op[:-len("-start")] if op.endswith("-start") else op
         if base in _COLLECTIVES:
             kind = base
         elif op == "fusion":
             called = re.search(r"calls=%([\w.\-]+)", rest)
             if called:
-                kind = next((c for c in sorted(_COLLECTIVES, key=len, reverse=True) if c in called.group(1)), None)
-                if kind == "all-reduce" and "scatter" in called.group(1):
-                    kind = "reduce-scatter"
+                kind = _collective_fusion_kind(called.group(1))
         if kind is not None:
             channel = re.search(r"\bchannel_id=(\d+)", rest)
             if channel:
@@ -523,7 +599,11 @@ def replicated_large_arrays(compiled, args, min_elements: int = 2 ** 20) -> list
 
 @dataclasses.dataclass
 class StepPlan:
-    """One compiled step, per chip. Bytes are per chip; times in seconds; estimates are estimates."""
+    """One compiled step, per chip. Bytes are per chip; times in seconds; estimates are estimates.
+
+    A step XLA:TPU refused to compile for want of HBM (`refused` says so, with XLA's figures) has
+    fits=False, total_bytes the bytes XLA said it needs, hbm_bytes the bytes XLA said it can use, and no
+    cost figures (flops .. mfu None)."""
 
     step: str
     shape: str
@@ -537,21 +617,24 @@ class StepPlan:
     total_bytes: int
     hbm_bytes: float
     fits: bool
-    flops: float
-    bytes_accessed: float
+    flops: float | None
+    bytes_accessed: float | None
     collective_bytes: dict[str, int]
-    compute_s: float
-    hbm_s: float
-    ici_s: float
-    step_s: float
-    bound: str
+    compute_s: float | None
+    hbm_s: float | None
+    ici_s: float | None
+    step_s: float | None
+    bound: str | None
     model_flops: float
-    mfu: float
+    mfu: float | None
     xla_optimal_s: float | None
     replicated: list[str]
-    costs: str  # "xla" (XLA's counts of the whole step), "extrapolated" (scanned: from 1 and 2 layers) or
+    costs: str  # "xla" (XLA's counts of the whole step), "extrapolated" (scanned: from 1 and 2 layers),
     # "one loop body" (scanned, not extrapolated: the layers' loop counted once; step time and MFU too low/high)
+    # or "refused" (XLA:TPU refused to compile it: no costs)
     advice: list[str]
+    micro_batches: int = 1  # > 1: FLOPs, bytes and collectives scaled from XLA's one count of the loop body
+    refused: str = ""  # XLA:TPU's reason when it refused to compile the step for want of HBM
 
     @property
     def over_bytes(self) -> float:
@@ -578,7 +661,14 @@ def _advice(spec: StepSpec, plan: dict, config, mesh) -> list[str]:
     if over <= 0:
         return []
     sizes = dict(mesh.shape)
-    out = [f"over by {over / GiB:.2f} GiB per chip ({plan['total_bytes'] / GiB:.2f} of {plan['hbm_bytes'] / GiB:.2f})"]
+    if plan.get("refused"):
+        out = [f"over by {over / GiB:.2f} GiB per chip: {plan['refused']} (XLA's figures, from its refusal to "
+               f"compile the step: no cost figures)"]
+        fixed = plan["params_bytes"] + plan["optimizer_bytes"] + plan["other_argument_bytes"]
+    else:
+        out = [f"over by {over / GiB:.2f} GiB per chip ({plan['total_bytes'] / GiB:.2f} of "
+               f"{plan['hbm_bytes'] / GiB:.2f})"]
+        fixed = plan["total_bytes"] - plan["temp_bytes"]
     weights = plan["params_bytes"] + plan["optimizer_bytes"]
     if weights > plan["hbm_bytes"] * 0.5:
         hint = [f"weights{' and optimizer state' if plan['optimizer_bytes'] else ''} take {weights / GiB:.2f} GiB "
@@ -591,7 +681,6 @@ def _advice(spec: StepSpec, plan: dict, config, mesh) -> list[str]:
         out.append("; ".join(hint))
     if sizes["data"] > 1:
         out.append(f"mesh data={sizes['data']} holds a full copy of the weights per data group: move it onto fsdp")
-    fixed = plan["total_bytes"] - plan["temp_bytes"]
     if plan["temp_bytes"] > 0 and fixed < plan["hbm_bytes"]:
         share = (plan["hbm_bytes"] - fixed) / plan["temp_bytes"]
         out.append(f"activations/temporaries take {plan['temp_bytes'] / GiB:.2f} GiB: about {share:.0%} of them "
@@ -618,13 +707,86 @@ def layer_extrapolated_costs(one, two, num_layers: int):
     return grow(one[0], two[0]), grow(one[1], two[1]), coll
 
 
+def repeated_costs(step, once, repeats: int):
+    """A step's costs when its loop runs `repeats` times: XLA counts the loop body once, so the step's count
+    is body + once (`once`: the part outside the loop, compiled alone); this gives repeats x body + once,
+    body = step - once (at least 0). Each argument is (FLOPs, bytes accessed, collective bytes by kind)."""
+    scale = lambda a, b: b + repeats * max(a - b, 0.0)
+    coll = {k: int(scale(step[2].get(k, 0), once[2].get(k, 0))) for k in set(step[2]) | set(once[2])}
+    return scale(step[0], once[0]), scale(step[1], once[1]), coll
+
+
+_SIZE = r"([\d.]+)\s*([KMGTP]?)i?B?"
+# XLA:TPU's compile-time refusals: "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
+# for HLO temporaries (22.66G) exceeds available HBM (15.75G)." and "RESOURCE_EXHAUSTED: XLA:TPU compile
+# permanent error. Ran out of memory in memory space hbm. Used 63.80G of 30.75G hbm. ..." (units binary).
+_REFUSALS = (re.compile(rf"required for ([\w ]+?) \({_SIZE}\) exceeds available HBM \({_SIZE}\)"),
+             re.compile(rf"Used {_SIZE} of {_SIZE} hbm"))
+_HLO_TEMP = re.compile(rf"HLO temp\s+{_SIZE}")
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40, "P": 2 ** 50}
+
+
+def hbm_refusal(message: str) -> dict[str, Any] | None:
+    """XLA:TPU's refusal to compile a step that does not fit in HBM, read from its error message: the bytes
+    it needs (`required`), the bytes it can use (`available`), the temporaries' bytes where it says them
+    (`temporaries`, else 0) and a line saying so (`reason`). None for any other message."""
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    size = lambda number, unit: float(number) * _UNITS[unit.upper()]
+    match = _REFUSALS[0].search(message)
+    if match:
+        what, required, available = match.group(1), size(*match.group(2, 3)), size(*match.group(4, 5))
+        temporaries = required if "temporar" in what else 0.0
+    else:
+        match = _REFUSALS[1].search(message)
+        if not match:
+            return None
+        what, required, available = "its buffers", size(*match.group(1, 2)), size(*match.group(3, 4))
+        temp = _HLO_TEMP.search(message)
+        temporaries = size(*temp.group(1, 2)) if temp else 0.0
+    reason = (f"XLA:TPU refused to compile it: {what} need {required / GiB:.2f} GiB of the "
+              f"{available / GiB:.2f} GiB it can use")
+    return dict(required=required, available=available, temporaries=temporaries, reason=reason)
+
+
+def _array_leaves(tree) -> list:
+    import jax
+
+    return [leaf for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape") and hasattr(leaf, "dtype")]
+
+
+def _refused_plan(spec: StepSpec, refusal: dict, mesh, config, compile_s: float) -> StepPlan:
+    """The StepPlan of a step XLA refused to compile for want of HBM: its figures, the advice, no costs."""
+    params = per_device_bytes(spec.params)
+    opt = per_device_bytes(spec.optimizer) if spec.optimizer is not None else 0
+    arguments = per_device_bytes(_array_leaves((spec.args, spec.kwargs)))
+    plan = dict(step=spec.name, shape=spec.shape, compile_s=compile_s, params_bytes=params, optimizer_bytes=opt,
+                other_argument_bytes=max(arguments - params - opt, 0), temp_bytes=int(refusal["temporaries"]),
+                output_bytes=0, code_bytes=0, total_bytes=int(refusal["required"]),
+                hbm_bytes=refusal["available"], fits=False, flops=None, bytes_accessed=None, collective_bytes={},
+                compute_s=None, hbm_s=None, ici_s=None, step_s=None, bound=None, model_flops=spec.model_flops,
+                mfu=None, xla_optimal_s=None, replicated=[], costs="refused", micro_batches=spec.repeats,
+                refused=refusal["reason"])
+    plan["advice"] = _advice(spec, plan, config, mesh)
+    return StepPlan(**plan)
+
+
 def compile_step(spec: StepSpec, chip: TpuChip, mesh, config, cost_specs=None, num_layers: int = 0) -> StepPlan:
     """Lower and compile one step for the mesh's devices and read its memory and cost. `cost_specs`: the
     same step at 1 and 2 unscanned layers (for a scanned model: its FLOPs, bytes and collectives are
-    extrapolated from theirs to `num_layers`; memory and compile time stay the scanned step's own)."""
+    extrapolated from theirs to `num_layers`; memory and compile time stay the scanned step's own). A step
+    with a loop of micro-batches (spec.repeats > 1) has its costs scaled to every pass (repeated_costs).
+    A step XLA:TPU refuses for want of HBM gives a plan that does not fit (with XLA's figures); any other
+    compile error propagates."""
     t0 = time.perf_counter()
     lowered = spec.fn.lower(*spec.args, **spec.kwargs)
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 -- XLA raises JaxRuntimeError; only its HBM refusal is a result
+        refusal = hbm_refusal(str(e))
+        if refusal is None:
+            raise
+        return _refused_plan(spec, refusal, mesh, config, time.perf_counter() - t0)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -633,6 +795,9 @@ def compile_step(spec: StepSpec, chip: TpuChip, mesh, config, cost_specs=None, n
     if cost_specs:
         small = [_costs(s.fn.lower(*s.args, **s.kwargs).compile()) for s in cost_specs]
         flops, accessed, coll = layer_extrapolated_costs(*small, num_layers)
+    if spec.repeats > 1 and spec.once is not None:
+        once = _costs(spec.once.fn.lower(*spec.once.args, **spec.once.kwargs).compile())
+        flops, accessed, coll = repeated_costs((flops, accessed, coll), once, spec.repeats)
     chips = mesh.devices.size
     params = per_device_bytes(spec.params)
     opt = per_device_bytes(spec.optimizer) if spec.optimizer is not None else 0
@@ -646,12 +811,21 @@ def compile_step(spec: StepSpec, chip: TpuChip, mesh, config, cost_specs=None, n
                 hbm_bytes=chip.hbm_bytes, fits=total <= chip.hbm_bytes, flops=flops, bytes_accessed=accessed,
                 collective_bytes=coll, **roof, model_flops=spec.model_flops,
                 mfu=estimated_mfu(spec.model_flops, chips, chip, roof["step_s"]),
-                xla_optimal_s=None if cost_specs else cost.get("optimal_seconds"),
+                xla_optimal_s=None if cost_specs or spec.repeats > 1 else cost.get("optimal_seconds"),
                 costs="extrapolated" if cost_specs else
                 ("one loop body" if config.model.get("scan_layers", False) and num_layers > 1 else "xla"),
-                replicated=replicated_large_arrays(compiled, (spec.args, spec.kwargs)))
+                replicated=replicated_large_arrays(compiled, (spec.args, spec.kwargs)), micro_batches=spec.repeats)
     plan["advice"] = _advice(spec, plan, config, mesh)
     return StepPlan(**plan)
+
+
+class PlanError(ValueError):
+    """A step could not be built or compiled for a reason other than HBM (a config the step cannot take, an
+    unexpected error). `plan` holds what did compile, with the failures in its `errors`."""
+
+    def __init__(self, message: str, plan: "Plan"):
+        super().__init__(message)
+        self.plan = plan
 
 
 @dataclasses.dataclass
@@ -710,7 +884,8 @@ def _with_overrides(config, fields: dict):
 
 
 def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_layers: int | None = None,
-         architecture=None, progress: Callable[[str], None] | None = None, layer_costs: bool = True) -> Plan:
+         architecture=None, progress: Callable[[str], None] | None = None, layer_costs: bool = True,
+         raise_errors: bool = True) -> Plan:
     """Compile `steps` of `config` for the TPU slice `topology` and read what each needs per chip.
 
     Args:
@@ -725,13 +900,19 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
       layer_costs: for a scanned model, also compile each step unscanned at 1 and 2 layers to extrapolate
         its FLOPs, bytes and collectives (False: memory, sharding and compile time only; the costs are then
         XLA's own, one loop body's, and the step's `costs` says so).
+      raise_errors: raise PlanError when a step could not be built or compiled (after trying every step);
+        False: return the Plan with those steps in `errors`.
 
     Returns:
-      a Plan; a step whose build or compile fails is in `errors` with the reason (the others still run).
+      a Plan. A step that XLA:TPU refuses to compile for want of HBM is a step that does not fit (in
+      `steps`, with XLA's figures and the advice), not an error.
 
     Raises:
       MissingTpuExtra: libtpu is not installed.
-      ValueError: an unknown topology or step, or a mesh that does not cover the slice.
+      PlanError (a ValueError): a step could not be built or compiled for another reason (the message names
+        each such step and its reason; the exception's `plan` holds the steps that compiled).
+      ValueError: an unknown topology or step, or a mesh that does not cover the slice or that jax cannot
+        lay over its devices.
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -741,7 +922,11 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
     if architecture is not None and num_layers:
         arch = with_layers(arch, num_layers)
     devices = topology_devices(topology)
-    mesh = plan_mesh(config, devices)
+    try:
+        mesh = plan_mesh(config, devices)
+    except Exception as e:  # noqa: BLE001 -- jax.make_mesh asserts; any failure here is the layout's
+        raise ValueError(f"topology {topology!r}: cannot lay the config's mesh.shape={tuple(config.mesh.shape)} "
+                         f"over its {len(devices)} {devices[0].device_kind} devices: {_first_line(e)}") from None
     from metacog_jax import sharding as sharding_lib
     from metacog_jax.models.build import rules_from_config
 
@@ -759,10 +944,23 @@ def plan(config, topology: str, steps=DEFAULT_STEPS, prompt_len: int = 256, num_
                     cost_specs = [_BUILDERS[name](unscanned, with_layers(arch, n), mesh, prompt_len) for n in (1, 2)]
                 results.append(compile_step(spec, chip, mesh, config, cost_specs, arch.num_layers))
         except Exception as e:  # noqa: BLE001 -- one step's failure is reported; the others still compile
-            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return Plan(topology=topology, chip=chip, chips=len(devices), mesh=dict(mesh.shape),
-                model=f"{config.model.preset} ({config.model.name})", num_params=arch.num_params(),
-                num_layers=arch.num_layers, settings=_settings(config), steps=results, errors=errors)
+            errors[name] = _first_line(e)
+    result = Plan(topology=topology, chip=chip, chips=len(devices), mesh=dict(mesh.shape),
+                  model=f"{config.model.preset} ({config.model.name})", num_params=arch.num_params(),
+                  num_layers=arch.num_layers, settings=_settings(config), steps=results, errors=errors)
+    if errors and raise_errors:
+        compiled = ", ".join(f"{s.step} ({'fits' if s.fits else 'does not fit'})" for s in results)
+        raise PlanError(f"could not compile for {topology}: "
+                        + "; ".join(f"{name}: {err}" for name, err in errors.items())
+                        + (f" (compiled: {compiled}; --steps={','.join(s.step for s in results)} shows them)"
+                           if results else ""), result)
+    return result
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -772,6 +970,11 @@ def _gib(x: float) -> str:
 
 def _seconds(x: float) -> str:
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _known(s: StepPlan, text: Callable[[StepPlan], str]) -> str:
+    """A cost cell: `text(s)`, or "-" for a step XLA refused to compile (no costs)."""
+    return "-" if s.refused else text(s)
 
 
 def format_plan(p: Plan) -> str:
@@ -789,18 +992,20 @@ def format_plan(p: Plan) -> str:
                 ("other arguments GiB", [_gib(s.other_argument_bytes) for s in p.steps]),
                 ("temporaries GiB", [_gib(s.temp_bytes) for s in p.steps]),
                 ("outputs GiB", [_gib(s.output_bytes) for s in p.steps]),
-                ("total GiB", [_gib(s.total_bytes) for s in p.steps]),
+                ("total GiB", [_gib(s.total_bytes) + (" (XLA)" if s.refused else "") for s in p.steps]),
                 ("of HBM", [f"{s.total_bytes / s.hbm_bytes:.0%}" for s in p.steps]),
                 ("fits", ["yes" if s.fits else f"NO (+{_gib(s.over_bytes)})" for s in p.steps]),
-                ("TFLOPs / step", [f"{s.flops / 1e12:.3f}" for s in p.steps]),
-                ("HBM GB accessed", [f"{s.bytes_accessed / 1e9:.2f}" for s in p.steps]),
-                ("collective GB", [f"{sum(s.collective_bytes.values()) / 1e9:.3f}" for s in p.steps]),
-                ("est. compute", [_seconds(s.compute_s) for s in p.steps]),
-                ("est. HBM", [_seconds(s.hbm_s) for s in p.steps]),
-                ("est. ICI", [_seconds(s.ici_s) for s in p.steps]),
-                ("est. step time", [f"{_seconds(s.step_s)} ({s.bound})" for s in p.steps]),
-                ("est. MFU", [f"{s.mfu:.1%}" if s.costs != "one loop body" else "(one loop body)" for s in p.steps]),
-                ("compile time", [f"{s.compile_s:.1f} s" for s in p.steps])]
+                ("TFLOPs / step", [_known(s, lambda s: f"{s.flops / 1e12:.3f}") for s in p.steps]),
+                ("HBM GB accessed", [_known(s, lambda s: f"{s.bytes_accessed / 1e9:.2f}") for s in p.steps]),
+                ("collective GB", [_known(s, lambda s: f"{sum(s.collective_bytes.values()) / 1e9:.3f}")
+                                   for s in p.steps]),
+                ("est. compute", [_known(s, lambda s: _seconds(s.compute_s)) for s in p.steps]),
+                ("est. HBM", [_known(s, lambda s: _seconds(s.hbm_s)) for s in p.steps]),
+                ("est. ICI", [_known(s, lambda s: _seconds(s.ici_s)) for s in p.steps]),
+                ("est. step time", [_known(s, lambda s: f"{_seconds(s.step_s)} ({s.bound})") for s in p.steps]),
+                ("est. MFU", [_known(s, lambda s: f"{s.mfu:.1%}" if s.costs != "one loop body" else "(one loop body)")
+                              for s in p.steps]),
+                ("compile time", [f"{s.compile_s:.1f} s" + (" (refused)" if s.refused else "") for s in p.steps])]
         width = max(len(label) for label, _ in rows)
         cols = [max(len(str(r[1][i])) for r in rows) for i in range(len(p.steps))]
         for label, values in rows:
@@ -816,6 +1021,14 @@ def format_plan(p: Plan) -> str:
     lines.append("Estimates, not measurements: step time = max(FLOPs / peak, HBM bytes / HBM bandwidth, collective "
                  "bytes / ICI bandwidth) per chip, from XLA's counts and published peak figures; MFU = model FLOPs "
                  "(6N, or 4N + 6N_LoRA, per trained token; 2N per forward token) / (chips x peak x step time).")
+    for s in p.steps:
+        if s.micro_batches > 1 and not s.refused:
+            lines.append(f"Gradient accumulation ({s.step}: {s.micro_batches} micro-batches in a loop XLA counts "
+                         f"once): its FLOPs, HBM bytes and collectives are scaled, {s.micro_batches} x (the step "
+                         f"less its optimizer update) + the update (compiled alone).")
+    if any(s.refused for s in p.steps):
+        lines.append("A step XLA:TPU refused to compile for want of HBM shows XLA's own figures (what it needs "
+                     "against what it can use): no memory breakdown beyond the arguments' shards, no costs.")
     if p.settings.get("model.scan_layers") and p.num_layers > 2:
         lines.append("Scanned layers: XLA counts a loop body once, so FLOPs, HBM bytes and collectives are "
                      "extrapolated from the same steps compiled unscanned at 1 and 2 layers (c1 + (L - 1)(c2 - c1)); "

@@ -8,6 +8,7 @@ the chip's HBM and that no large input or output is a whole copy on every chip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -67,17 +68,61 @@ def test_roofline_takes_the_slowest_resource_and_mfu_follows():
     assert plan_lib.estimated_mfu(80e12, 4, chip, 0.0) == 0.0
 
 
+def test_hbm_refusal_reads_xlas_figures():
+    g = plan_lib.GiB
+    temps = plan_lib.hbm_refusal("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                                 "temporaries (22.66G) exceeds available HBM (15.75G).")
+    assert temps["required"] == pytest.approx(22.66 * g) and temps["available"] == pytest.approx(15.75 * g)
+    assert temps["temporaries"] == temps["required"] and "22.66 GiB of the 15.75 GiB" in temps["reason"]
+    used = plan_lib.hbm_refusal("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+                                "space hbm. Used 63.80G of 30.75G hbm. Exceeded hbm capacity by 33.05G.\n\n"
+                                "Program hbm requirement 63.80G:\n    global 1.14M\n"
+                                "    HLO temp         63.79G (100.0% utilization)")
+    assert used["required"] == pytest.approx(63.80 * g) and used["available"] == pytest.approx(30.75 * g)
+    assert used["temporaries"] == pytest.approx(63.79 * g)
+    assert plan_lib.hbm_refusal("INVALID_ARGUMENT: something else (22.66G) exceeds available HBM (15.75G)") is None
+    assert plan_lib.hbm_refusal("RESOURCE_EXHAUSTED: no figures here") is None
+
+
+def test_repeated_costs_repeat_the_loop_body_not_the_update():
+    step = (110.0, 1010.0, {"all-gather": 40, "all-reduce": 2})
+    update = (10.0, 10.0, {"all-reduce": 2})
+    flops, accessed, coll = plan_lib.repeated_costs(step, update, 4)
+    assert flops == 4 * 100 + 10 and accessed == 4 * 1000 + 10
+    assert coll == {"all-gather": 160, "all-reduce": 2}
+
+
 def test_collective_bytes_reads_async_fused_and_plain_collectives():
     hlo = "\n".join([
-        "%p0 = bf16[1024,4096]{1,0} parameter(0)",
-        "%ag = bf16[4096,4096]{1,0} all-gather(%p0), replica_groups={{0,1,2,3}}, dimensions={0}",
-        "%ar = f32[256]{0} all-reduce(%x), to_apply=%add",
-        "%f = bf16[1024,4096]{1,0} fusion(%ag), kind=kCustom, calls=%all-reduce-scatter.2",
-        "%s = (bf16[8,8]{1,0}, bf16[32,8]{1,0}) all-gather-start(%q), dimensions={0}",
-        "%d = bf16[32,8]{1,0} all-gather-done(%s)",
+        # XLA:TPU's fused reduce-scatter: the fusion counts (as a reduce-scatter); the all-reduce with a
+        # channel_id in the computation it calls is the same traffic and must not count again (nor what it calls)
+        "%all-reduce-scatter.2 (input: bf16[4096,4096]) -> bf16[1024,4096] {",
+        "  %input = bf16[4096,4096]{1,0} parameter(0)",
+        "  %inner = bf16[4096,4096]{1,0} all-reduce(%input), channel_id=23, replica_groups={{0,1,2,3}}, "
+        "to_apply=%add.1, backend_config={}",
+        "  %pid = u32[] partition-id()",
+        "  ROOT %slice = bf16[1024,4096]{1,0} dynamic-slice(%inner, %pid, %pid), dynamic_slice_sizes={1024,4096}",
+        "}",
         # one all-gather XLA:TPU split over two async collective fusions: the same channel, counted once
-        "%g1 = bf16[64,64]{1,0} all-gather(%param_0.1), channel_id=41, dimensions={1}",
-        "%g2 = bf16[64,64]{1,0} all-gather(%param_0.2), channel_id=41, dimensions={1}",
+        "%fused_computation.7 (param_0.1: bf16[64,16]) -> bf16[64,64] {",
+        "  %param_0.1 = bf16[64,16]{1,0} parameter(0)",
+        "  ROOT %g1 = bf16[64,64]{1,0} all-gather(%param_0.1), channel_id=41, dimensions={1}",
+        "}",
+        "%fused_computation.8 (param_0.2: bf16[64,16]) -> bf16[64,64] {",
+        "  %param_0.2 = bf16[64,16]{1,0} parameter(0)",
+        "  ROOT %g2 = bf16[64,64]{1,0} all-gather(%param_0.2), channel_id=41, dimensions={1}",
+        "}",
+        "ENTRY %main.9 (p0: bf16[1024,4096]) -> bf16[1024,4096] {",
+        "  %p0 = bf16[1024,4096]{1,0} parameter(0)",
+        "  %ag = bf16[4096,4096]{1,0} all-gather(%p0), replica_groups={{0,1,2,3}}, dimensions={0}",
+        "  %ar = f32[256]{0} all-reduce(%x), to_apply=%add",
+        "  %f = bf16[1024,4096]{1,0} fusion(%ag), kind=kCustom, calls=%all-reduce-scatter.2",
+        "  %s = (bf16[8,8]{1,0}, bf16[32,8]{1,0}) all-gather-start(%q), dimensions={0}",
+        "  %d = bf16[32,8]{1,0} all-gather-done(%s)",
+        "  %a1 = bf16[64,64]{1,0} fusion(%q1), kind=kCustom, calls=%fused_computation.7",
+        "  %a2 = bf16[64,64]{1,0} fusion(%q2), kind=kCustom, calls=%fused_computation.8",
+        "  ROOT %out = bf16[1024,4096]{1,0} add(%f, %f)",
+        "}",
     ])
     out = plan_lib.collective_bytes(hlo)
     assert out["all-gather"] == 4096 * 4096 * 2 + 32 * 8 * 2 + 64 * 64 * 2
@@ -87,11 +132,22 @@ def test_collective_bytes_reads_async_fused_and_plain_collectives():
 
 
 @pytest.mark.parametrize("name, match", [("v7:2x2", "unknown TPU generation"), ("v5e", "expected GENERATION"),
-                                         ("v5e-16", "expected GENERATION")])
+                                         ("v5e-16", "expected GENERATION"), ("v5e:2x2x2", "v5e slices are 2-D"),
+                                         ("v6e:2x2x1", "v6e slices are 2-D")])
 def test_unknown_topology_names_fail_clearly(name, match):
     with pytest.raises(ValueError, match=match):
         plan_lib.parse_topology(name)
     assert plan_lib.parse_topology("v5p:4x4x2")[1] == (4, 4, 2)
+
+
+def test_hbm_capacities_are_above_what_xla_reports_usable():
+    """XLA:TPU's refusals name the HBM it can use per chip (15.75G on a v5e, 31.25G on a v6e, 30.75G on a
+    megacore v4; binary units); the capacity the plan checks against must be a little above each, as the
+    runtime keeps a little. (32 GB = 29.80 GiB for the v6e would be below.)"""
+    usable = {"v5e": 15.75, "v6e": 31.25, "v4": 30.75}
+    for name, gib in usable.items():
+        capacity = plan_lib.TPU_CHIPS[name].hbm_bytes / plan_lib.GiB
+        assert gib < capacity < gib + 1.5, (name, capacity)
 
 
 @needs_libtpu
@@ -99,6 +155,20 @@ def test_impossible_topology_fails_with_libtpus_reason():
     with pytest.raises(ValueError, match="v5e:3x3"):
         plan_lib.topology_devices("v5e:3x3")
     assert len(plan_lib.topology_devices("v5e:2x2")) == 4
+
+
+@needs_libtpu
+def test_v4_is_one_device_per_chip_and_single_chips_are_slices():
+    """libtpu's default v4 has one device per TensorCore (8 for v4:2x2x1), which jax.make_mesh refuses; a v4
+    runs megacore, one device per chip. A one-chip v5e/v6e is a slice too (libtpu's default host is 2x2)."""
+    from metacog_jax.config_utils import load_config
+
+    devices = plan_lib.topology_devices("v4:2x2x1")
+    assert len(devices) == 4
+    mesh = plan_lib.plan_mesh(load_config("configs/tiny.py"), devices)
+    assert mesh.devices.size == 4
+    for name in ("v5e:1x1", "v6e:1x1"):
+        assert len(plan_lib.topology_devices(name)) == 1, name
 
 
 def test_missing_extra_says_how_to_install(monkeypatch, capsys):
@@ -116,6 +186,65 @@ def test_cli_rejects_an_unknown_topology(capsys):
 
     assert cli.main(["plan", "--config=configs/tiny.py", "--topology=v9:2x2"]) == 2
     assert "unknown TPU generation 'v9'" in capsys.readouterr().err
+
+
+@needs_libtpu
+def test_cli_says_why_a_mesh_or_a_step_fails_and_exits_2(monkeypatch, capsys):
+    """2 is bad input or a step that cannot be compiled; 1 is reserved for "does not fit"."""
+    from metacog_jax import cli
+
+    def no_mesh(config, devices):
+        raise AssertionError("requires one device per chip (megacore mode)")  # what jax.make_mesh raised for v4
+
+    with monkeypatch.context() as m:
+        m.setattr(plan_lib, "plan_mesh", no_mesh)
+        assert cli.main(["plan", "--config=configs/tiny.py", "--topology=v5e:2x2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot lay the config's mesh.shape" in err and "AssertionError: requires one device per chip" in err
+
+    def broken(*args):
+        raise RuntimeError("INTERNAL: an unexpected compiler error\nwith more lines")
+
+    monkeypatch.setitem(plan_lib._BUILDERS, "decode", broken)
+    assert cli.main(["plan", "--config=configs/tiny.py", "--topology=v5e:2x2", "--steps=decode"]) == 2
+    assert "could not compile for v5e:2x2: decode: RuntimeError: INTERNAL: an unexpected compiler error" in \
+        capsys.readouterr().err
+
+
+def _benchmark(monkeypatch):
+    """benchmarks/plan.py as a module (it puts its own folder first on sys.path and imports `common`)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "common", raising=False)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "plan.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_plan_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reports_a_row_without_a_plan_and_a_refused_step(monkeypatch):
+    import subprocess
+
+    bench = _benchmark(monkeypatch)
+    row = bench.ROWS[0]
+    crash = subprocess.CompletedProcess([], 1, stdout="", stderr="Traceback (most recent call last):\n  ...\n"
+                                        "AssertionError: requires one device per chip (megacore mode)\n")
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: crash)
+    result = bench.run_row(row, timeout=1)
+    assert "plan" not in result and "without a plan" in result["error"] and "megacore" in result["error"]
+    assert "megacore" in bench.table([result])
+    refused = {"row": dataclasses.asdict(row), "wall_s": 1.0, "plan": {
+        "mesh": {"data": 1, "fsdp": 4, "tensor": 4}, "errors": {}, "steps": [{
+            "fits": False, "over_bytes": 7 * 2 ** 30, "refused": "XLA:TPU refused to compile it", "total_bytes":
+            22.75 * 2 ** 30, "hbm_bytes": 15.75 * 2 ** 30, "mfu": None, "step_s": None, "bound": None,
+            "compile_s": 2.0}]}}
+    line = bench.table([refused]).splitlines()[-1]
+    assert "no (+7.0, XLA refused)" in line and "22.8 / 15.8 | - | - |" in line
 
 
 def test_keep_off_absent_tpu_respects_a_set_value(monkeypatch):
@@ -193,3 +322,57 @@ def test_llama8b_width_train_step_compiles_sharded_on_v5e_4x4():
     assert train.params_bytes == pytest.approx(2 * n / 16, rel=0.05)
     assert train.optimizer_bytes == pytest.approx(2 * train.params_bytes, rel=0.05)  # Adam's two moments
     assert math.isfinite(train.compile_s)
+
+
+def _tiny(*overrides: str):
+    from metacog_jax.config_utils import load_config
+
+    return load_config("configs/tiny.py", list(overrides))
+
+
+@needs_libtpu
+def test_sampler_steps_replicate_rows_they_cannot_split_and_the_scorer_says_why():
+    """6 prompts over data x fsdp = 4: the sampler places them whole on every chip (multihost.row_sharding),
+    so prefill and decode compile; the scorer needs divisible rows, and the error names eval.batch_size."""
+    config = _tiny("sample.batch_size=6", "eval.batch_size=6")
+    result = plan_lib.plan(config, "v5e:2x2", steps=("prefill", "decode"), prompt_len=32)
+    assert not result.errors and [s.step for s in result.steps] == ["prefill", "decode"]
+    assert all(s.fits for s in result.steps)
+    with pytest.raises(plan_lib.PlanError, match=r"score: ValueError: config eval.batch_size=6: .*not divisible"):
+        plan_lib.plan(config, "v5e:2x2", steps=("score",), prompt_len=32)
+
+
+@needs_libtpu
+def test_a_step_xla_refuses_for_want_of_hbm_does_not_fit(capsys):
+    """XLA:TPU refuses at compile time (before code generation: seconds) a step that needs more HBM than a
+    chip has: that is a step that does not fit (exit 1, over by X GiB, the knobs), not a compile error."""
+    from metacog_jax import cli
+
+    rc = cli.main(["plan", "--config=configs/multitask.py:model=smollm2_135m", "--topology=v5e:2x2",
+                   "--num_layers=2", "--steps=prefill", "--config.sample.batch_size=512", "--prompt_len=2048",
+                   "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not out["fits"] and not out["errors"], out["errors"]
+    step = out["steps"][0]
+    assert step["step"] == "prefill" and step["costs"] == "refused" and step["mfu"] is None and not step["fits"]
+    assert step["hbm_bytes"] == pytest.approx(15.75 * plan_lib.GiB)  # what XLA says a v5e can use
+    over = (step["total_bytes"] - step["hbm_bytes"]) / plan_lib.GiB
+    assert over > 1 and step["over_bytes"] / plan_lib.GiB == pytest.approx(over)
+    assert step["advice"][0].startswith(f"over by {over:.2f} GiB per chip: XLA:TPU refused to compile it")
+    assert any("a smaller sample.batch_size" in line for line in step["advice"])
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_gradient_accumulation_costs_every_micro_batch():
+    """configs/tiny.py on v5e:2x2: a step of 2 accumulated micro-batches of 4 rows costs about what 2 steps of
+    4 rows do, so its estimated MFU is about theirs. XLA counts the micro-batch loop once: unscaled, the
+    accumulated step's FLOPs were those of one micro-batch and its MFU nearly twice."""
+    def train(*overrides):
+        return plan_lib.plan(_tiny("train.max_len=32", *overrides), "v5e:2x2", steps=("train",)).steps[0]
+
+    accumulated, micro = train("train.batch_size=8", "train.grad_accum=2"), train("train.batch_size=4")
+    assert accumulated.micro_batches == 2 and micro.micro_batches == 1
+    assert accumulated.model_flops == pytest.approx(2 * micro.model_flops)
+    assert accumulated.flops == pytest.approx(2 * micro.flops, rel=0.05)
+    assert accumulated.mfu == pytest.approx(micro.mfu, rel=0.15)
