@@ -331,6 +331,26 @@ def _tiny(*overrides: str):
 
 
 @needs_libtpu
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_kv_cache_prefill_returns_stays_sharded(scan):
+    """The continuation slots share_prefix makes inside the prefill step are sharded like its rows, in both
+    cache layouts (unconstrained, XLA:TPU returned them whole on every chip: 70B's [160, 8, 32, 128] x 160)."""
+    from metacog_jax import sharding as sharding_lib
+    from metacog_jax.models.build import rules_from_config
+
+    config = _tiny(f"model.scan_layers={scan}")
+    mesh = plan_lib.plan_mesh(config, plan_lib.topology_devices("v5e:2x2"))
+    arch = plan_lib.model_architecture(config, None)
+    with sharding_lib.sharding_context(mesh, rules_from_config(config)):
+        spec = plan_lib.prefill_spec(config, arch, mesh, 32)
+        compiled = spec.fn.lower(*spec.args, **spec.kwargs).compile()
+    cache = compiled.out_info[1]
+    slots = cache.keys if scan else cache.keys[0]
+    assert slots.shape[-4:] == (config.sample.batch_size * config.sample.k, 2, config.sample.max_new_tokens, 16)
+    assert plan_lib.replicated_large_arrays(compiled, (spec.args, spec.kwargs), min_elements=1024) == []
+
+
+@needs_libtpu
 def test_sampler_steps_replicate_rows_they_cannot_split_and_the_scorer_says_why():
     """6 prompts over data x fsdp = 4: the sampler places them whole on every chip (multihost.row_sharding),
     so prefill and decode compile; the scorer needs divisible rows, and the error names eval.batch_size."""

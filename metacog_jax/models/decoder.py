@@ -134,6 +134,15 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def _sharded_like_rows(arrays):
+    """New cache arrays (one [L, B, K, S, H] array or a tuple of L [B, K, S, H]) constrained like the
+    activations under a mesh: rows over (data, fsdp), kv heads over tensor (a no-op without a mesh). Without
+    it the compiler may keep arrays made inside a step, and returned from it, whole on every chip."""
+    if isinstance(arrays, (tuple, list)):
+        return tuple(with_logical_constraint(a, ("batch", "kv_heads", "length", "kv")) for a in arrays)
+    return with_logical_constraint(arrays, ("layers", "batch", "kv_heads", "length", "kv"))
+
+
 class KVCache(NamedTuple):
     """Per-layer keys/values [B, K, S, H] (heads-major, the layout attention multiplies in), slot validity
     [B, S] and the next write slot (scalar).
@@ -161,6 +170,7 @@ class KVCache(NamedTuple):
             zeros = jnp.zeros((cfg.num_layers, *shape), dtype)
         else:
             zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        zeros = _sharded_like_rows(zeros)
         return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
     @property
@@ -186,9 +196,7 @@ class KVCache(NamedTuple):
         if self.prefix_keys is not None:
             raise ValueError("the cache already has a shared prefix")
         b, k, _, h = self.keys[0].shape
-        zeros = self._per_layer(lambda a: jnp.zeros((b * n, k, length, h), a.dtype), self.keys)
-        if self.stacked:  # new arrays: sharded like the rows under a mesh (no-op without one)
-            zeros = with_logical_constraint(zeros, ("layers", "batch", "kv_heads", "length", "kv"))
+        zeros = _sharded_like_rows(self._per_layer(lambda a: jnp.zeros((b * n, k, length, h), a.dtype), self.keys))
         bias = jnp.where(self.valid, 0.0, MASKED).astype(jnp.float32)  # once, not per decoded token
         return KVCache(zeros, zeros, jnp.zeros((b * n, length), bool), jnp.zeros((), jnp.int32),
                        self.keys, self.values, bias)
