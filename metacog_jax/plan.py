@@ -244,7 +244,7 @@ class StepSpec:
     args: tuple
     kwargs: dict
     shape: str  # e.g. "16 x 512 tokens"
-    model_flops: float  # FLOPs the model needs per step (6N/4N+6N_lora/2N per token)
+    model_flops: float  # FLOPs the model needs per step (6N/4N+6N_lora per trained token; forward_flops)
     params: Any  # the arguments that are model weights (for per-chip bytes)
     optimizer: Any = None
     knobs: str = ""  # the config fields that size this step (for the advice)
@@ -253,6 +253,16 @@ class StepSpec:
     # compiled alone (the optimizer update), whose costs are not repeated (see repeated_costs).
     repeats: int = 1
     once: "StepSpec | None" = None
+
+
+def forward_flops(arch, tokens: int, logit_rows: int) -> float:
+    """Model FLOPs of a forward pass that computes logits only at some rows (the sampler's prefill at each
+    prompt's last token, the scorer at its readout rows): 2 x the layers' parameters per token plus 2 x the
+    vocabulary projection per row of logits. The embedding lookup does no multiply; counting it and the head
+    at every token (2N per token) gave an MFU above 100% for a shallow model (`--num_layers`)."""
+    embed = arch.vocab_size * arch.hidden_size
+    layers = arch.num_params() - embed * (1 if arch.tie_word_embeddings else 2) - arch.hidden_size
+    return 2.0 * layers * tokens + 2.0 * embed * logit_rows
 
 
 def _placed(mesh, shape: tuple[int, ...], dtype="int32"):
@@ -393,7 +403,7 @@ def prefill_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     graphdef, state = _base_state(config, arch, mesh)
     fn = jax.jit(functools.partial(_prefill, graphdef, samples=k, new_tokens=n))
     args = (state, _placed(mesh, (b, p)), _placed(mesh, (b, p)), _placed(mesh, (b, p)))
-    return StepSpec("prefill", fn, args, {}, f"{b} prompts x {p} tokens", 2.0 * arch.num_params() * b * p, state,
+    return StepSpec("prefill", fn, args, {}, f"{b} prompts x {p} tokens", forward_flops(arch, b * p, b), state,
                     knobs="sample.batch_size, the prompt length")
 
 
@@ -417,7 +427,7 @@ def decode_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     fn = jax.jit(functools.partial(_decode_step, graphdef), donate_argnums=(1,))
     args = (state, cache, _placed(mesh, (rows,)), _placed(mesh, (rows,)), keys)
     return StepSpec("decode", fn, args, {}, f"{rows} rows x 1 token ({p} + {n} cached)",
-                    2.0 * arch.num_params() * rows, state,
+                    forward_flops(arch, rows, rows), state,
                     knobs="sample.batch_size, sample.k, sample.max_new_tokens")
 
 
@@ -437,7 +447,7 @@ def generate_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     kwargs = dict(params=params, stop_ids=tuple(arch.eos_token_ids) or (0,), pad_id=0)
     # XLA's cost counts the decode loop's body once, so the model FLOPs match: the prompts + one token per row.
     return StepSpec("generate", sampling._generate, args, kwargs, f"{b} prompts x {p} + {k} x {n} tokens",
-                    2.0 * arch.num_params() * (b * p + b * k), state,
+                    forward_flops(arch, b * p + b * k, b + b * k), state,
                     knobs="sample.batch_size, sample.k, sample.max_new_tokens")
 
 
@@ -468,7 +478,7 @@ def score_spec(config, arch, mesh, prompt_len: int) -> StepSpec:
     args = (graphdef, state, _placed(mesh, (b, t)), _placed(mesh, (b,)), small((m,), "int32"),
             small((m, m), "bool"), small((labels, width), "int32"), small((labels, width), "int32"),
             small((labels, width), "bool"))
-    return StepSpec("score", scoring._label_logprobs, args, {}, f"{b} x {t} tokens", 2.0 * arch.num_params() * b * t,
+    return StepSpec("score", scoring._label_logprobs, args, {}, f"{b} x {t} tokens", forward_flops(arch, b * t, b * (m + 1)),
                     state, knobs="eval.batch_size")
 
 
@@ -1020,7 +1030,8 @@ def format_plan(p: Plan) -> str:
     lines.append("")
     lines.append("Estimates, not measurements: step time = max(FLOPs / peak, HBM bytes / HBM bandwidth, collective "
                  "bytes / ICI bandwidth) per chip, from XLA's counts and published peak figures; MFU = model FLOPs "
-                 "(6N, or 4N + 6N_LoRA, per trained token; 2N per forward token) / (chips x peak x step time).")
+                 "(6N, or 4N + 6N_LoRA, per trained token; forward: 2N_layers per token + 2VD per row of logits) / "
+                 "(chips x peak x step time).")
     for s in p.steps:
         if s.micro_batches > 1 and not s.refused:
             lines.append(f"Gradient accumulation ({s.step}: {s.micro_batches} micro-batches in a loop XLA counts "

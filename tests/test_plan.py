@@ -68,6 +68,21 @@ def test_roofline_takes_the_slowest_resource_and_mfu_follows():
     assert plan_lib.estimated_mfu(80e12, 4, chip, 0.0) == 0.0
 
 
+def test_forward_flops_count_the_head_only_where_logits_are_needed():
+    """The sampler's and scorer's model FLOPs: 2 x the layers' matmuls per token (ModelConfig.flops_per_token
+    without attention, from its own per-projection sum) + the vocabulary projection per row of logits."""
+    for name in ("llama3.1_70b", "smollm2_135m", "qwen2.5_7b"):
+        arch = ARCHITECTURES[name]
+        head = 2.0 * arch.vocab_size * arch.hidden_size
+        per_token = arch.flops_per_token(0) - head
+        # (the norms' weights, a few per layer, are counted as parameters and are no matmul: rel 1e-3)
+        assert plan_lib.forward_flops(arch, 4096, 16) == pytest.approx(4096 * per_token + 16 * head, rel=1e-3)
+    # 2 layers at 70B's width: 2N per prompt token counted the 2.1B embedding and head parameters at every
+    # token, about twice what the prefill does.
+    arch = plan_lib.with_layers(ARCHITECTURES["llama3.1_70b"], 2)
+    assert 2.0 * arch.num_params() * 4096 > 2 * plan_lib.forward_flops(arch, 4096, 16)
+
+
 def test_hbm_refusal_reads_xlas_figures():
     g = plan_lib.GiB
     temps = plan_lib.hbm_refusal("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
