@@ -14,6 +14,7 @@ the same step compiled unscanned at 1 and 2 layers (XLA counts a loop body once)
 
     Estimated MFU = model FLOPs per step / (chips x peak bf16 FLOP/s x estimated step time)
     model FLOPs   = 6 N tokens (full) or 4 N tokens + 6 N_LoRA tokens (LoRA)
+    FLOPs run     = 6 N_layers tokens + 6 V D loss positions (full); 4 and 4, + 6 N_LoRA tokens (LoRA)
     step time     = max(XLA's FLOPs / peak, XLA's HBM bytes / HBM bandwidth, collective bytes / ICI bandwidth)
 
 per chip, with the published figures in metacog_jax/plan.py (TPU_CHIPS). Estimates, not measurements.
@@ -120,18 +121,18 @@ def run_row(row: Row, timeout: float, steps: str = "train", num_layers: int | No
 
 
 def table(results: list[dict]) -> str:
-    head = ("| row | topology | fits | GiB per chip | est. MFU | est. step | compile | batch x seq | mesh (data, fsdp, "
-            "tensor) |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| row | topology | fits | GiB per chip | est. MFU | est. MFU, FLOPs run | est. step | compile "
+            "| batch x seq | mesh (data, fsdp, tensor) |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in results:
         row = r["row"]
         shape = f"{row['batch']} x {row['seq_len']}"
         if "error" in r:
-            lines.append(f"| {row['name']} | {row['topology']} | ? | | | | {r['error']} | {shape} | |")
+            lines.append(f"| {row['name']} | {row['topology']} | ? | | | | | {r['error']} | {shape} | |")
             continue
         p = r["plan"]
         if not p["steps"]:
-            lines.append(f"| {row['name']} | {row['topology']} | ? | | | | {p['errors']} | {shape} | |")
+            lines.append(f"| {row['name']} | {row['topology']} | ? | | | | | {p['errors']} | {shape} | |")
             continue
         s = p["steps"][0]
         refused = ", XLA refused" if s.get("refused") else ""
@@ -140,9 +141,10 @@ def table(results: list[dict]) -> str:
         mesh = p["mesh"]
         no_costs = s.get("mfu") is None  # XLA:TPU refused to compile it for want of HBM: no costs
         mfu = "-" if no_costs else f"{s['mfu']:.0%}"
+        used = "-" if no_costs or s.get("used_mfu") is None else f"{s['used_mfu']:.0%}"
         step = "-" if no_costs else f"{s['step_s'] * 1e3:.0f} ms ({s['bound']})"
         lines.append(f"| {row['name']} | {row['topology']} | {fits} | {s['total_bytes'] / 2**30:.1f} / "
-                     f"{s['hbm_bytes'] / 2**30:.1f} | {mfu} | {step} | "
+                     f"{s['hbm_bytes'] / 2**30:.1f} | {mfu} | {used} | {step} | "
                      f"{s['compile_s']:.0f} s | {shape} | {mesh['data']}, {mesh['fsdp']}, {mesh['tensor']} |")
     return "\n".join(lines)
 

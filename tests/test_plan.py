@@ -83,6 +83,38 @@ def test_forward_flops_count_the_head_only_where_logits_are_needed():
     assert 2.0 * arch.num_params() * 4096 > 2 * plan_lib.forward_flops(arch, 4096, 16)
 
 
+def test_train_flops_count_what_the_step_computes():
+    """A train step's model FLOPs as it runs them: 3 x a forward pass (forward, backward to activations and
+    to weights) with the head at the loss positions; LoRA: 2 x the frozen forward + 6 x the adapters. The
+    issue's 6N per token counts the embedding lookup and the head at every token."""
+    for name in ("llama3.1_8b", "smollm2_135m", "qwen2.5_7b"):
+        arch = ARCHITECTURES[name]
+        assert plan_lib.train_flops(arch, 8192, 2560) == pytest.approx(3 * plan_lib.forward_flops(arch, 8192, 2560))
+        assert plan_lib.train_flops(arch, 8192, 2560, n_lora=10 ** 6) == pytest.approx(
+            2 * plan_lib.forward_flops(arch, 8192, 2560) + 6e6 * 8192)
+    # Llama-3.1-8B, 16 x 512 tokens, 160 loss positions a row: 6N per token is 12% more than the step runs.
+    arch = ARCHITECTURES["llama3.1_8b"]
+    assert 6 * arch.num_params() * 8192 / plan_lib.train_flops(arch, 8192, 16 * 160) == pytest.approx(1.124, abs=0.005)
+    # 2 layers at that width: 6N per token is more than twice it (an MFU of 285% on a v5p:2x2x1).
+    shallow = plan_lib.with_layers(arch, 2)
+    assert 6 * shallow.num_params() * 16384 > 2 * plan_lib.train_flops(shallow, 16384, 16 * 160)
+
+
+def test_loss_chunks_and_the_train_steps_memory_advice():
+    """The chunks train.loss_chunk splits a row's loss positions into, and advice that names only the memory
+    knobs not yet at their most frugal setting (it suggested train.remat=matmuls or full under full remat)."""
+    assert plan_lib.loss_chunks(_tiny("train.max_len=32", "train.loss_positions=0", "train.loss_chunk=8")) == (32, 4)
+    assert plan_lib.loss_chunks(_tiny("train.max_len=32", "train.loss_positions=20", "train.loss_chunk=8")) == (20, 3)
+    assert plan_lib.loss_chunks(_tiny("train.max_len=32", "train.loss_positions=64")) == (32, 1)
+    plain = plan_lib._train_memory_knobs(_tiny())
+    assert plain == ["rematerialization (train.remat=matmuls or full; now none)",
+                     "the loss in chunks of positions (train.loss_chunk)"]
+    assert plan_lib._train_memory_knobs(_tiny("train.remat=matmuls")) [0] == (
+        "rematerialization (train.remat=full; now matmuls)")
+    assert plan_lib._train_memory_knobs(_tiny("train.remat=full", "train.loss_chunk=64")) == [
+        "a smaller train.loss_chunk (now 64 positions)"]
+
+
 def test_hbm_refusal_reads_xlas_figures():
     g = plan_lib.GiB
     temps = plan_lib.hbm_refusal("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
@@ -259,7 +291,7 @@ def test_benchmark_reports_a_row_without_a_plan_and_a_refused_step(monkeypatch):
             22.75 * 2 ** 30, "hbm_bytes": 15.75 * 2 ** 30, "mfu": None, "step_s": None, "bound": None,
             "compile_s": 2.0}]}}
     line = bench.table([refused]).splitlines()[-1]
-    assert "no (+7.0, XLA refused)" in line and "22.8 / 15.8 | - | - |" in line
+    assert "no (+7.0, XLA refused)" in line and "22.8 / 15.8 | - | - | - |" in line
 
 
 def test_keep_off_absent_tpu_respects_a_set_value(monkeypatch):
@@ -275,6 +307,12 @@ def test_keep_off_absent_tpu_respects_a_set_value(monkeypatch):
     monkeypatch.setattr(platforms, "tpu_chips_present", lambda: True)
     env = {}
     assert not platforms.keep_off_absent_tpu(env) and "JAX_PLATFORMS" not in env
+
+
+def _tiny(*overrides: str):
+    from metacog_jax.config_utils import load_config
+
+    return load_config("configs/tiny.py", list(overrides))
 
 
 # -- ahead-of-time compiles -----------------------------------------------------------------------------
@@ -337,12 +375,6 @@ def test_llama8b_width_train_step_compiles_sharded_on_v5e_4x4():
     assert train.params_bytes == pytest.approx(2 * n / 16, rel=0.05)
     assert train.optimizer_bytes == pytest.approx(2 * train.params_bytes, rel=0.05)  # Adam's two moments
     assert math.isfinite(train.compile_s)
-
-
-def _tiny(*overrides: str):
-    from metacog_jax.config_utils import load_config
-
-    return load_config("configs/tiny.py", list(overrides))
 
 
 @needs_libtpu
@@ -411,3 +443,65 @@ def test_gradient_accumulation_costs_every_micro_batch():
     assert accumulated.model_flops == pytest.approx(2 * micro.model_flops)
     assert accumulated.flops == pytest.approx(2 * micro.flops, rel=0.05)
     assert accumulated.mfu == pytest.approx(micro.mfu, rel=0.15)
+
+
+@needs_libtpu
+def test_a_refused_train_step_counts_its_arguments_per_chip():
+    """A train step XLA:TPU refuses for its temporaries (256 x 2048 tokens, logits at every position): the
+    other arguments are the batch's shard (the whole unsharded states were counted: 0.10 GiB for 0.004), the
+    total adds the arguments to XLA's temporaries (it showed the temporaries alone, less than its own
+    parts), and the advice leaves out the remat it already has."""
+    config = _config("smollm2_135m", "train.batch_size=256", "train.max_len=2048", "train.loss_positions=0",
+                     "train.remat=full")
+    step = plan_lib.plan(config, "v5e:2x2", steps=("train",), num_layers=2).steps[0]
+    assert step.refused and not step.fits and step.costs == "refused"
+    batch_shard = 7 * 256 * 2048 * 4 / 4  # seven int32/float32 [256, 2048] inputs over fsdp=4
+    assert batch_shard <= step.other_argument_bytes < batch_shard + 2 ** 20
+    parts = step.params_bytes + step.optimizer_bytes + step.other_argument_bytes + step.temp_bytes
+    assert step.total_bytes == parts and step.over_bytes == pytest.approx(parts - step.hbm_bytes)
+    assert step.advice[0].startswith(f"over by {step.over_bytes / plan_lib.GiB:.2f} GiB per chip")
+    knobs = " ".join(step.advice)
+    assert "train.remat" not in knobs and "the loss in chunks of positions (train.loss_chunk)" in knobs
+
+
+def _tiny_train(*overrides: str) -> plan_lib.StepPlan:
+    config = _tiny("train.max_len=32", "train.loss_positions=0", "train.batch_size=4", *overrides)
+    return plan_lib.plan(config, "v5e:2x2", steps=("train",)).steps[0]
+
+
+@needs_libtpu
+def test_a_chunked_loss_costs_every_chunk():
+    """configs/tiny.py (a vocabulary-heavy model) on v5e:2x2, 32 loss positions a row: the loss in 4 or 2
+    chunks costs what it does whole. XLA counts the chunks' loop once: the chunked step's own counts had 40%
+    (4 chunks) and 76% of the unchunked FLOPs, and a higher MFU."""
+    whole = _tiny_train()
+    for chunk, n in ((8, 4), (16, 2)):
+        chunked = _tiny_train(f"train.loss_chunk={chunk}")
+        assert chunked.loss_chunks == n and chunked.loss_costs == "whole"
+        assert chunked.flops == pytest.approx(whole.flops, rel=0.02)
+        assert chunked.mfu == pytest.approx(whole.mfu, rel=0.05)
+    assert whole.loss_chunks == 1 and whole.loss_costs == ""
+
+
+@needs_libtpu
+def test_a_chunked_loss_too_big_to_cost_whole_says_so(monkeypatch):
+    """When XLA refuses the one-chunk compile for want of HBM, the plan keeps the chunked step's own counts
+    and says they hold one chunk (the MFU marked high); the step still fits."""
+    real, calls = plan_lib._spec_costs, []
+
+    def refuse_once(specs, num_layers):
+        calls.append(len(specs))
+        if len(calls) == 1:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                               "temporaries (22.66G) exceeds available HBM (15.75G).")
+        return real(specs, num_layers)
+
+    monkeypatch.setattr(plan_lib, "_spec_costs", refuse_once)
+    config = _tiny("train.max_len=32", "train.loss_positions=0", "train.batch_size=4", "train.loss_chunk=8")
+    result = plan_lib.plan(config, "v5e:2x2", steps=("train",))
+    step = result.steps[0]
+    assert calls == [1] and step.fits and step.loss_costs == "one chunk" and step.loss_chunks == 4
+    monkeypatch.setattr(plan_lib, "_spec_costs", real)
+    assert step.flops < 0.9 * _tiny_train().flops  # one chunk of four counted
+    text = plan_lib.format_plan(result)
+    assert f"{step.mfu:.1%} (high)" in text and "count one chunk's LM head and loss of 4" in text
