@@ -817,14 +817,14 @@ def _refused_plan(spec: StepSpec, refusal: dict, mesh, config, compile_s: float)
     """The StepPlan of a step XLA refused to compile for want of HBM: its figures, the advice, no costs."""
     params = per_device_bytes(spec.params)
     opt = per_device_bytes(spec.optimizer) if spec.optimizer is not None else 0
-    arguments = per_device_bytes(_array_leaves((spec.args, spec.kwargs)))
+    other = max(per_device_bytes(_array_leaves((spec.args, spec.kwargs))) - params - opt, 0)
     temporaries = int(refusal["temporaries"])
     # A refusal that names only the temporaries ("HLO temporaries (44.3G) exceed available HBM (15.75G)", the
     # whole HBM) leaves out the arguments the chip holds beside them; one that names all the buffers used
     # covers them: the larger of the two is what the step needs.
-    total = max(int(refusal["required"]), max(arguments, params + opt) + temporaries)
+    total = max(int(refusal["required"]), params + opt + other + temporaries)
     plan = dict(step=spec.name, shape=spec.shape, compile_s=compile_s, params_bytes=params, optimizer_bytes=opt,
-                other_argument_bytes=max(arguments - params - opt, 0), temp_bytes=temporaries,
+                other_argument_bytes=other, temp_bytes=temporaries,
                 output_bytes=0, code_bytes=0, total_bytes=total,
                 hbm_bytes=refusal["available"], fits=False, flops=None, bytes_accessed=None, collective_bytes={},
                 compute_s=None, hbm_s=None, ici_s=None, step_s=None, bound=None, model_flops=spec.model_flops,
@@ -1121,17 +1121,16 @@ def format_plan(p: Plan) -> str:
                  "(chips x peak x step time). MFU, FLOPs run: the train step's model FLOPs as it computes them, "
                  "6N_layers per token + 6VD per loss position (LoRA: 4N_layers + 4VD + 6N_LoRA per token), no "
                  "embedding FLOPs (forward steps: as MFU).")
-    for s in p.steps:
-        if s.micro_batches > 1 and not s.refused:
+    for s in (s for s in p.steps if not s.refused):
+        if s.micro_batches > 1:
             lines.append(f"Gradient accumulation ({s.step}: {s.micro_batches} micro-batches in a loop XLA counts "
                          f"once): its FLOPs, HBM bytes and collectives are scaled, {s.micro_batches} x (the step "
                          f"less its optimizer update) + the update (compiled alone).")
-    for s in p.steps:
-        if s.loss_costs == "whole" and not s.refused:
+        if s.loss_costs == "whole":
             lines.append(f"Loss in chunks ({s.step}: {s.loss_chunks} chunks of train.loss_chunk positions, a loop XLA "
                          f"counts once): its FLOPs, HBM bytes and collectives are those of the same step compiled "
                          f"with the loss in one chunk; memory and compile time are the chunked step's own.")
-        elif s.loss_costs == "one chunk" and not s.refused:
+        elif s.loss_costs == "one chunk":
             lines.append(f"Loss in chunks ({s.step}: {s.loss_chunks} chunks, a loop XLA counts once): the step with "
                          f"the loss in one chunk needs more HBM than a chip has, so its FLOPs, HBM bytes and "
                          f"collectives count one chunk's LM head and loss of {s.loss_chunks}: the step time is "

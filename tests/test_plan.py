@@ -464,9 +464,12 @@ def test_a_refused_train_step_counts_its_arguments_per_chip():
     assert "train.remat" not in knobs and "the loss in chunks of positions (train.loss_chunk)" in knobs
 
 
+def _tiny_train_config(*overrides: str):
+    return _tiny("train.max_len=32", "train.loss_positions=0", "train.batch_size=4", *overrides)
+
+
 def _tiny_train(*overrides: str) -> plan_lib.StepPlan:
-    config = _tiny("train.max_len=32", "train.loss_positions=0", "train.batch_size=4", *overrides)
-    return plan_lib.plan(config, "v5e:2x2", steps=("train",)).steps[0]
+    return plan_lib.plan(_tiny_train_config(*overrides), "v5e:2x2", steps=("train",)).steps[0]
 
 
 @needs_libtpu
@@ -497,8 +500,7 @@ def test_a_chunked_loss_too_big_to_cost_whole_says_so(monkeypatch):
         return real(specs, num_layers)
 
     monkeypatch.setattr(plan_lib, "_spec_costs", refuse_once)
-    config = _tiny("train.max_len=32", "train.loss_positions=0", "train.batch_size=4", "train.loss_chunk=8")
-    result = plan_lib.plan(config, "v5e:2x2", steps=("train",))
+    result = plan_lib.plan(_tiny_train_config("train.loss_chunk=8"), "v5e:2x2", steps=("train",))
     step = result.steps[0]
     assert calls == [1] and step.fits and step.loss_costs == "one chunk" and step.loss_chunks == 4
     monkeypatch.setattr(plan_lib, "_spec_costs", real)
